@@ -1,0 +1,3 @@
+"""tlexp: transfer-learning experiments for image classification."""
+
+__version__ = "0.1.0"

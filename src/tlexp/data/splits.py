@@ -1,0 +1,57 @@
+"""Stratified, seeded splits and the small-data subsets (`per_class` / `train_size`) the playbook talks about."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError
+
+
+def _take(per_class_idx: dict[int, np.ndarray], counts: dict[int, int]) -> tuple[np.ndarray, dict]:
+    taken, rest = [], {}
+    for c, idx in per_class_idx.items():
+        taken.append(idx[: counts[c]])
+        rest[c] = idx[counts[c] :]
+    return np.sort(np.concatenate(taken)) if taken else np.array([], dtype=np.int64), rest
+
+
+def _by_class(labels: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    return {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+
+
+def _counts(per_class_idx: dict[int, np.ndarray], fraction: float | None, per_class: int | None, what: str):
+    counts = {}
+    for c, idx in per_class_idx.items():
+        n = per_class if per_class is not None else int(round(fraction * len(idx)))
+        n = max(n, 1)
+        if n >= len(idx):
+            raise DataError(
+                f"class {c} has {len(idx)} images, too few to hold {n} back for {what} and keep some for "
+                "training. Add images, or lower the held-out share (dataset.val_fraction / test_fraction)."
+            )
+        counts[c] = n
+    return counts
+
+
+def holdout(labels: np.ndarray, seed: int, fraction: float | None, per_class: int | None, what: str):
+    """Split indices into (kept, held out), stratified by class and reproducible from the seed."""
+    rng = np.random.default_rng(seed)
+    by_class = _by_class(labels, rng)
+    held, rest = _take(by_class, _counts(by_class, fraction, per_class, what))
+    kept = np.sort(np.concatenate(list(rest.values())))
+    return kept, held
+
+
+def subsample(labels: np.ndarray, seed: int, per_class: int | None, total: int | None) -> np.ndarray:
+    """A stratified subset of at most `per_class` images of each class, or `total` images in proportion."""
+    if per_class is None and total is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed + 1)
+    by_class = _by_class(labels, rng)
+    if per_class is not None:
+        counts = {c: min(per_class, len(idx)) for c, idx in by_class.items()}
+    else:
+        counts = {c: max(1, int(round(total * len(idx) / len(labels)))) for c, idx in by_class.items()}
+        counts = {c: min(n, len(by_class[c])) for c, n in counts.items()}
+    taken, _ = _take(by_class, counts)
+    return taken

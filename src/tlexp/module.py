@@ -1,0 +1,193 @@
+"""The LightningModule: a backbone and a new head, named optimizer groups from the block map, metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from .backbones import block_map, create_backbone, data_config
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+class TransferModule(L.LightningModule):
+    """Backbone + head, built from plain values so that `load_from_checkpoint` works.
+
+    `backbone` may be passed in already built (train.py builds it first to fail fast on missing weights);
+    it is not a hyperparameter. To load a checkpoint, use `load_module`, which skips the weights download.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        num_classes: int,
+        weights: str | None = "bundled",
+        class_names: list[str] | None = None,
+        image_size: int | None = None,
+        head_dropout: float = 0.2,
+        optimizer: str = "adamw",
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        label_smoothing: float = 0.0,
+        backbone: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer '{optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
+        if backbone is None:
+            backbone, _ = create_backbone(model_name, weights, image_size)
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, num_classes))
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.groups = self._named_groups()
+        self.group_names = list(self.groups)
+        self._bn_by_group = self._batchnorms_by_group()
+        self.frozen_bn_groups: set[str] = set()
+        metrics = {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        base = MetricCollection(metrics)
+        self.train_metrics = base.clone(prefix="train/")
+        self.val_metrics = base.clone(prefix="val/")
+        self.test_metrics = base.clone(prefix="test/")
+
+    # ------------------------------------------------------------ groups
+
+    def _named_groups(self) -> OrderedDict[str, list[nn.Parameter]]:
+        params = dict(self.named_parameters())
+        groups = OrderedDict(
+            (name, [params[f"backbone.{n}"] for n in names]) for name, names in block_map(self.backbone).items()
+        )
+        groups["head"] = list(self.head.parameters())
+        return groups
+
+    def _batchnorms_by_group(self) -> dict[str, list[nn.Module]]:
+        owner = {id(p): g for g, ps in self.groups.items() for p in ps}
+        found: dict[str, list[nn.Module]] = {g: [] for g in self.groups}
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                first = next(module.parameters(recurse=False), None)
+                if first is not None:
+                    found[owner[id(first)]].append(module)
+        return found
+
+    def set_frozen_bn(self, groups: list[str]) -> None:
+        """BatchNorm in these groups runs in eval mode: it uses and keeps its running statistics."""
+        self.frozen_bn_groups = set(groups)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        # Lightning calls train() at every epoch start and after validation; frozen BN must stay in eval.
+        super().train(mode)
+        if mode:
+            for g in self.frozen_bn_groups:
+                for bn in self._bn_by_group[g]:
+                    bn.eval()
+        return self
+
+    def audit_groups(self, phase, index: int, mode: str) -> list[dict]:
+        """Check every trainable parameter sits in exactly one optimizer group; log a table per group."""
+        optimizer = self.trainer.optimizers[0]
+        seen: dict[int, str] = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise RuntimeError(f"parameter in two optimizer groups: {seen[id(p)]} and {group['name']}")
+                seen[id(p)] = group["name"]
+        orphans = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in seen]
+        if orphans:
+            raise RuntimeError(f"trainable parameters in no optimizer group: {orphans[:5]}")
+        rows = []
+        for group in optimizer.param_groups:
+            name = group["name"]
+            trains = name in phase.train
+            rows.append(
+                {
+                    "group": name,
+                    "trainable_params": sum(p.numel() for p in group["params"]) if trains else 0,
+                    "lr": group["lr"],
+                    "weight_decay": group["weight_decay"],
+                    "bn": "n/a"
+                    if not self._bn_by_group[name]
+                    else ("eval" if name in self.frozen_bn_groups else "train"),
+                }
+            )
+        lines = [f"phase {index + 1} '{phase.name}' ({phase.epochs} epochs, freezing by {mode}):"]
+        lines += ["  group      trainable        lr   w.decay  BN"]
+        lines += [
+            f"  {r['group']:<9} {r['trainable_params']:>10,} {r['lr']:>9.2e} {r['weight_decay']:>9.1e}  {r['bn']}"
+            for r in rows
+        ]
+        log.info("\n".join(lines))
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("phases", "\n".join("    " + line for line in lines), self.current_epoch)
+        return rows
+
+    def trainable_parameters(self, groups: list[str]) -> int:
+        return sum(p.numel() for g in groups for p in self.groups[g])
+
+    def total_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def data_config(self):
+        return data_config(self.backbone)
+
+    # ------------------------------------------------------------ training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).softmax(-1)
+
+    def configure_optimizers(self):
+        # Every group exists from the start, named; phases only change lr / weight decay / requires_grad.
+        # (Adding groups mid-run breaks schedulers and resume: Lightning #8720, #21901.)
+        hp = self.hparams
+        groups = [
+            {"params": ps, "name": name, "lr": 0.0, "weight_decay": hp.weight_decay} for name, ps in self.groups.items()
+        ]
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=0.0, momentum=hp.momentum, nesterov=True)
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        return cls(groups, lr=0.0)
+
+
+def load_module(checkpoint: str, map_location: str = "cpu") -> TransferModule:
+    """Load a trained TransferModule; the backbone is built empty, then filled from the checkpoint."""
+    return TransferModule.load_from_checkpoint(checkpoint, map_location=map_location, weights="none")

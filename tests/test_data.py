@@ -1,0 +1,151 @@
+"""Data: the Fashion-MNIST reader, stratified seeded splits, small-data subsets, transforms, image folders."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlexp.data import TransferDataModule
+from tlexp.data.sources import FASHION_MNIST_CLASSES, fashion_mnist, image_folder
+from tlexp.errors import DataError
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def small_fmnist(tmp_path) -> Path:
+    """Fashion-MNIST-format idx files, made here: 20 train and 10 test images per class."""
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", 20), ("t10k", 10)):
+        labels = np.repeat(np.arange(10), per_class)
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (len(labels), 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return tmp_path
+
+
+def test_idx_reader_shapes_and_labels(small_fmnist):
+    source = fashion_mnist(str(small_fmnist))
+    train, test = source.splits["train"], source.splits["test"]
+    assert train.pixels.shape == (200, 1, 28, 28) and train.pixels.dtype == torch.uint8
+    assert np.bincount(train.labels).tolist() == [20] * 10 and len(test) == 100
+    assert train.image(0).shape == (3, 28, 28)  # grey served as 3 channels
+    assert source.class_names == FASHION_MNIST_CLASSES
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_has_60k_train_10k_test_balanced():
+    source = fashion_mnist(str(FMNIST))
+    assert source.splits["train"].pixels.shape == (60000, 1, 28, 28)
+    assert source.splits["test"].pixels.shape == (10000, 1, 28, 28)
+    assert np.bincount(source.splits["train"].labels).tolist() == [6000] * 10
+    assert np.bincount(source.splits["test"].labels).tolist() == [1000] * 10
+
+
+def test_truncated_idx_file_is_a_clear_error(small_fmnist):
+    path = small_fmnist / "t10k-images-idx3-ubyte.gz"
+    data = gzip.open(path).read()
+    with gzip.open(path, "wb") as f:
+        f.write(data[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        fashion_mnist(str(small_fmnist))
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist(str(tmp_path))
+
+
+def _module(cfg: dict, setup: bool = True) -> TransferDataModule:
+    dm = TransferDataModule(cfg, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    if setup:
+        dm.setup()
+    return dm
+
+
+def test_per_class_subset_is_stratified_and_held_out_splits_do_not_move(small_fmnist):
+    base = {"source": "fashion_mnist", "root": str(small_fmnist), "val_per_class": 5, "split_seed": 3}
+    full, small = _module(base), _module({**base, "per_class": 4})
+    assert full.sizes() == {"train": 150, "val": 50, "test": 100}
+    assert small.sizes() == {"train": 40, "val": 50, "test": 100}
+    assert np.bincount(small.splits["train"].labels).tolist() == [4] * 10
+    assert torch.equal(full.splits["val"].pixels, small.splits["val"].pixels)
+    again = _module({**base, "per_class": 4})
+    assert torch.equal(again.splits["train"].pixels, small.splits["train"].pixels)  # same seed, same subset
+
+
+def test_train_size_takes_a_stratified_total(small_fmnist):
+    dm = _module({"source": "fashion_mnist", "root": str(small_fmnist), "val_per_class": 5, "train_size": 30})
+    dm.setup()
+    assert np.bincount(dm.splits["train"].labels).tolist() == [3] * 10
+
+
+def _folder(root: Path, classes: dict[str, int], size=(40, 30)) -> Path:
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", size, (i * 10 % 255, 80, 160)).save(root / name / f"img{i}.JPG")
+    return root
+
+
+def test_image_folder_splits_do_not_overlap(tmp_path):
+    root = _folder(tmp_path / "photos", {"cat": 20, "dog": 20, "owl": 20})
+    (root / "cat" / "notes.txt").write_text("not an image")
+    dm = _module({"source": "imagefolder", "root": str(root), "val_fraction": 0.2, "test_fraction": 0.2})
+    splits = {k: set(v.paths) for k, v in dm.splits.items()}
+    assert dm.class_names == ["cat", "dog", "owl"]
+    assert sum(len(s) for s in splits.values()) == 60
+    assert not (splits["train"] & splits["val"] or splits["train"] & splits["test"] or splits["val"] & splits["test"])
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= -1.0 - 1e-6 and x.max() <= 1.0 + 1e-6
+
+
+def test_presplit_image_folder_is_used_as_given(tmp_path):
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        _folder(tmp_path / split, {"a": n, "b": n})
+    dm = _module({"source": "imagefolder", "root": str(tmp_path)})
+    assert dm.sizes() == {"train": 12, "val": 4, "test": 6}
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({}, "no class folders"),
+        ({"a": 3, "b": 0}, r"\['b'\].*hold no images"),
+        ({"a": 5}, "single class"),
+        ({"a": 1, "b": 5}, "class 0 has 1 images"),
+    ],
+)
+def test_bad_image_folders_are_clear_errors(tmp_path, layout, message):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name, n in layout.items():
+        (root / name).mkdir()
+        _folder(root, {name: n})
+    with pytest.raises(DataError, match=message):
+        _module({"source": "imagefolder", "root": str(root)})
+
+
+def test_missing_root_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist. Set `dataset.root="):
+        image_folder(str(tmp_path / "nowhere"))
+
+
+def test_eval_transform_is_deterministic_and_train_transform_augments(small_fmnist):
+    dm = _module({"source": "fashion_mnist", "root": str(small_fmnist), "val_per_class": 5})
+    image = dm.splits["train"].image(0)
+    assert torch.equal(dm.eval_transform(image), dm.eval_transform(image))
+    torch.manual_seed(0)
+    views = [dm.train_transform(image) for _ in range(3)]
+    assert not torch.equal(views[0], views[1])
