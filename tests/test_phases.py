@@ -108,7 +108,7 @@ class Recorder(Callback):
 
 def test_gradual_run_applies_each_phase(tiny_cfg):
     recorder = Recorder()
-    cfg = tiny_cfg("strategy=gradual", short_phases("gradual"))
+    cfg = tiny_cfg("strategy=gradual", short_phases("gradual"), "strategy.bn=frozen")
     before = None
 
     class StemStats(Callback):
@@ -154,6 +154,23 @@ def test_bn_train_lets_frozen_groups_update_their_statistics(tiny_cfg):
     first = recorder.epochs[0]
     assert not any(first["trainable"][g] for g in first["trainable"] if g != "head")
     assert all(all(flags) for flags in first["bn_training"].values())
+
+
+def test_bn_eval_keeps_every_batchnorm_in_eval_mode_while_it_trains(tiny_cfg):
+    recorder = Recorder()
+    cfg = tiny_cfg("strategy=finetune", "strategy.bn=eval", "strategy.phases.0.epochs=2")
+    before = None
+
+    class StemStats(Callback):
+        def on_train_start(self, trainer, pl_module):
+            nonlocal before
+            before = pl_module._bn_by_group["stem"][0].running_mean.clone()
+
+    train(cfg, callbacks=[recorder, StemStats()])
+    for epoch in recorder.epochs:
+        assert all(epoch["trainable"].values())
+        assert not any(any(flags) for flags in epoch["bn_training"].values())
+    assert torch.equal(recorder.stem_bn_stats[-1], before)
 
 
 def test_zero_lr_mode_keeps_gradients_but_freezes_by_learning_rate(tiny_cfg):
