@@ -149,3 +149,8 @@ def test_eval_transform_is_deterministic_and_train_transform_augments(small_fmni
     torch.manual_seed(0)
     views = [dm.train_transform(image) for _ in range(3)]
     assert not torch.equal(views[0], views[1])
+
+
+def test_test_per_class_takes_a_stratified_subset_of_a_given_test_split(small_fmnist):
+    dm = _module({"source": "fashion_mnist", "root": str(small_fmnist), "val_per_class": 5, "test_per_class": 3})
+    assert np.bincount(dm.splits["test"].labels).tolist() == [3] * 10

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -13,9 +15,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from . import auto
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
+from .history import EpochHistory
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
 
@@ -45,7 +49,12 @@ def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any weights or data are loaded."""
     check_model_name(cfg.model.name)
     strategy = _plain(cfg.strategy)
-    check_strategy(strategy)
+    if auto.is_auto(strategy):
+        auto.decide(1, 1, strategy.get("feature_extraction_below", 500), strategy.get("finetune_above", 2000))
+    else:
+        check_strategy(strategy)
+    if not float(cfg.get("epoch_scale", 1.0)) > 0:
+        raise ConfigError(f"epoch_scale must be > 0, got {cfg.epoch_scale}.")
     if strategy.get("pretrained", True) and str(cfg.model.weights).lower() in ("none", "random", "null"):
         raise ConfigError(
             f"strategy '{strategy['name']}' starts from pretrained weights, but model.weights={cfg.model.weights}. "
@@ -70,7 +79,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     weights = cfg.model.weights if pretrained else None
     backbone, weights_id = create_backbone(cfg.model.name, weights, size_hint)
     groups = [*block_map(backbone), "head"]
-    phases = build_phases(strategy, groups, float(cfg.optimizer.weight_decay))
+    weight_decay = float(cfg.optimizer.weight_decay)
+    epoch_scale = float(cfg.get("epoch_scale", 1.0))
+    if not auto.is_auto(strategy):  # resolved now, so a bad phase list fails before any data is read
+        phases = build_phases(scale_epochs(strategy, epoch_scale), groups, weight_decay)
 
     pre = preprocessing(cfg, backbone)
     datamodule = TransferDataModule(
@@ -85,6 +97,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         num_workers=cfg.data.num_workers,
     )
     datamodule.setup()
+    decision = None
+    if auto.is_auto(strategy):
+        strategy, decision = auto.resolve(strategy, datamodule.sizes()["train"], datamodule.num_classes)
+        log.info("strategy=auto: %s", decision.reason)
+        phases = build_phases(scale_epochs(strategy, epoch_scale), groups, weight_decay)
     module = TransferModule(
         model_name=cfg.model.name,
         num_classes=datamodule.num_classes,
@@ -100,6 +117,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     )
 
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
+    history = EpochHistory(schedule.phase_index)
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best-{epoch:02d}",
@@ -111,11 +129,13 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     trainer = L.Trainer(
         **_plain(cfg.trainer),
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, checkpoints, *(callbacks or [])],
+        callbacks=[schedule, checkpoints, history, *(callbacks or [])],
         logger=logger,
         default_root_dir=str(out),
     )
 
+    if decision is not None:
+        logger.experiment.add_text("strategy/auto", decision.reason, 0)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - started
@@ -128,6 +148,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "model": cfg.model.name,
         "weights": weights_id,
         "strategy": strategy["name"],
+        "auto": decision.as_dict() if decision else None,
         "phases": [p.as_dict() for p in phases],
         "dataset": cfg.dataset.name,
         "dataset_sizes": datamodule.sizes(),
@@ -145,6 +166,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "total_params": module.total_parameters(),
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "checkpoint": best,
+        "history": history.rows,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {
@@ -159,6 +181,14 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     return metrics
 
 
+def scale_epochs(strategy: dict, factor: float) -> dict:
+    """The strategy with every phase's epochs multiplied by `factor` (at least 1): for quick comparisons."""
+    if factor == 1.0:
+        return strategy
+    phases = [{**p, "epochs": max(1, round(p["epochs"] * factor))} for p in strategy["phases"]]
+    return {**strategy, "phases": phases}
+
+
 def _best_epoch(path: str | None) -> int | None:
     if not path or "epoch=" not in path:
         return None
@@ -170,6 +200,7 @@ def print_summary(metrics: dict, out: Path) -> None:
     rows = [
         ("model", metrics["model"]),
         ("strategy", f"{metrics['strategy']} ({' -> '.join(p['name'] for p in metrics['phases'])})"),
+        *([("auto", metrics["auto"]["reason"])] if metrics.get("auto") else []),
         ("train / val / test", " / ".join(str(metrics["dataset_sizes"][k]) for k in ("train", "val", "test"))),
         ("trainable params", f"{metrics['trainable_params']:,} of {metrics['total_params']:,}"),
         ("fit time", f"{metrics['fit_seconds']:.1f} s ({metrics['epochs']} epochs, best {metrics['best_epoch']})"),
@@ -183,11 +214,36 @@ def print_summary(metrics: dict, out: Path) -> None:
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n", flush=True)
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def train_in_sweep(cfg: DictConfig) -> float | None:
+    """One run of a multirun: a failure is written to error.json and logged, and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get().job
+    total = os.environ.get("TLEXP_SWEEP_TOTAL")
+    print(f"\n=== run {job.num + 1}{f' of {total}' if total else ''}: {job.override_dirname} ===", flush=True)
+    try:
+        return train(cfg)["test"].get("acc")
+    except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, not raised
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"error": str(err), "type": type(err).__name__, "traceback": traceback.format_exc()}
+        (out / "error.json").write_text(json.dumps(record, indent=2))
+        log.error("run %s failed (%s): %s; the sweep goes on", out, type(err).__name__, err)
+        return None
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
-@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics["test"].get("acc")
+    if _in_sweep():
+        return train_in_sweep(cfg)
+    return exit_on_user_error(train)(cfg)["test"].get("acc")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,8 @@ def make_splits(given: dict[str, ImageSet], cfg: dict) -> dict[str, ImageSet]:
     if "test" not in splits:
         kept, held = holdout(train.labels, seed, cfg.get("test_fraction", 0.15), cfg.get("test_per_class"), "test")
         splits["test"], train = train.subset(held), train.subset(kept)
+    elif cfg.get("test_per_class"):  # a smaller, still stratified, test set for quick comparisons
+        splits["test"] = splits["test"].subset(subsample(splits["test"].labels, seed, cfg["test_per_class"], None))
     if "val" not in splits:
         kept, held = holdout(train.labels, seed + 7, cfg.get("val_fraction", 0.15), cfg.get("val_per_class"), "val")
         splits["val"], train = train.subset(held), train.subset(kept)

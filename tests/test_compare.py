@@ -1,0 +1,133 @@
+"""strategy=auto, the advise command, and the comparison report (aggregation on made-up run dirs, and for real)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tlexp.auto import decide
+from tlexp.errors import ConfigError
+from tlexp.report import write_report
+from tlexp.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [(1, "feature_extraction"), (499, "feature_extraction"), (500, "gradual"), (1000, "gradual"),
+     (2000, "gradual"), (2001, "finetune"), (60000, "finetune")],
+)  # fmt: skip
+def test_auto_decision_at_and_around_each_threshold(images, expected):
+    decision = decide(images, 10)
+    assert decision.strategy == expected
+    assert decision.reason.startswith(f"{images} training images, 10 classes") and f"-> {expected}, because" in (
+        decision.reason
+    )
+
+
+def test_auto_thresholds_are_configurable_and_checked():
+    assert decide(150, 3, below=100, above=200).strategy == "gradual"
+    assert decide(201, 3, below=100, above=200).strategy == "finetune"
+    with pytest.raises(ConfigError, match="0 < feature_extraction_below <= finetune_above"):
+        decide(10, 2, below=300, above=200)
+
+
+def test_auto_run_logs_its_decision_everywhere(tiny_cfg):
+    cfg = tiny_cfg("strategy=auto", "epoch_scale=0.1")
+    metrics = train(cfg)
+    assert metrics["strategy"] == "feature_extraction"  # 104 training images < 500
+    assert metrics["auto"]["strategy"] == "feature_extraction" and metrics["auto"]["train_images"] == 104
+    assert "104 training images, 4 classes" in metrics["auto"]["reason"]
+    assert metrics["epochs"] == 2  # 20 epochs x 0.1
+    events = EventAccumulator(str(Path(cfg.output_dir) / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    assert "strategy/auto/text_summary" in events.Tags()["tensors"]
+
+
+def test_advise_prints_the_decision_without_training():
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlexp.advise", "dataset=synthetic", "dataset.images_per_class=200"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "advice: 512 training images, 4 classes (~128 per class) -> gradual" in proc.stdout
+
+
+def _fake_run(root: Path, name: str, strategy: str, seed: int, acc: float | None, train_images: int = 1000):
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(f"strategy:\n  name: {strategy}\nseed: {seed}\n")
+    if acc is None:
+        return
+    phases = [{"name": "a", "epochs": 2}, {"name": "b", "epochs": 2}]
+    history = [{"epoch": e, "phase": e // 2, "val/acc": acc - 0.1 + 0.02 * e} for e in range(4)]
+    metrics = {
+        "strategy": strategy, "seed": seed, "dataset_sizes": {"train": train_images, "val": 100, "test": 500},
+        "num_classes": 10, "test": {"acc": acc, "f1": acc - 0.01}, "fit_seconds": 60.0 * (seed + 1),
+        "test_seconds": 5.0, "trainable_params": 1000, "total_params": 5000, "epochs": 4, "best_epoch": 3,
+        "best_val_acc": acc, "phases": phases, "history": history,
+    }  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_aggregates_seeds_and_lists_failed_runs(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "0_gradual_m", "gradual", 0, 0.80)
+    _fake_run(runs, "1_gradual_m", "gradual", 1, 0.84)
+    _fake_run(runs, "2_feature_extraction_m", "feature_extraction", 0, 0.86)
+    _fake_run(runs, "3_scratch_m", "scratch", 0, None)
+    (runs / "3_scratch_m" / "error.json").write_text(json.dumps({"error": "out of memory"}))
+    _fake_run(runs, "4_finetune_m", "finetune", 0, None)  # killed: neither metrics nor error
+    report = write_report(runs, tmp_path)
+    text = (tmp_path / "comparison.md").read_text()
+    assert "| gradual | 90 s | 82.0% ± 2.8 | 0.810 | 1,000 of 5,000 | 4 | 3 | 2 |" in text
+    assert "`auto` would pick **gradual**; the best here was **feature_extraction** (4.0 points" in text
+    assert "| 3_scratch_m | scratch | 0 | out of memory |" in text
+    assert "| 4_finetune_m | finetune | 0 | no metrics.json" in text
+    rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
+    assert [r["run"] for r in rows] == ["0_gradual_m", "1_gradual_m", "2_feature_extraction_m"]
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert len(saved["failed"]) == 2 and len(saved["summary"]) == 2
+    assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 1000
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+    assert not (tmp_path / "accuracy_vs_size.png").exists() and len(report["plots"]) == 2
+
+
+def test_report_with_sizes_plots_the_crossover(tmp_path):
+    for i, (size, acc) in enumerate([(100, 0.6), (1000, 0.8), (3000, 0.9)]):
+        _fake_run(tmp_path / "runs", f"{i}_gradual_m", "gradual", 0, acc, train_images=size)
+    write_report(tmp_path / "runs", tmp_path)
+    assert (tmp_path / "accuracy_vs_size.png").stat().st_size > 1000
+    text = (tmp_path / "comparison.md").read_text()
+    assert "### 100 training images" in text and "### 3000 training images" in text
+
+
+def test_report_only_on_an_empty_dir_is_a_clear_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlexp.compare", "report_only=true", f"dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and f"no tlexp runs (folders with .hydra/config.yaml) under {tmp_path}" in proc.stderr
+
+
+def test_compare_runs_the_sweep_and_writes_every_report_file(tmp_path, tiny_weights):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlexp.compare", f"dir={tmp_path}", "seeds=[0,1]", "sizes=[10,20]",
+         "strategies=[scratch,feature_extraction]", "model=test_resnet", f"model.weights={tiny_weights}",
+         "dataset=synthetic", "data.num_workers=0", "trainer.enable_progress_bar=false", "epoch_scale=0.05"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "=== run 8 of 8:" in proc.stdout
+    for name in ("comparison.md", "comparison.csv", "comparison.json", "accuracy_vs_time.png",
+                 "learning_curves.png", "accuracy_vs_size.png"):  # fmt: skip
+        assert (tmp_path / name).is_file(), name
+    summary = json.loads((tmp_path / "comparison.json").read_text())
+    assert len(summary["runs"]) == 8 and not summary["failed"]
+    assert {s["train_images"] for s in summary["summary"]} == {40, 80}
