@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train sweep tensorboard lint clean
+.PHONY: help install fashion-mnist test test-all train sweep compare advise tensorboard lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,12 @@ train: ## the main job: python -m tlexp.train $(ARGS)
 
 sweep: ## the four strategies side by side (Hydra multirun)
 	$(PY) -m tlexp.train -m strategy=scratch,feature_extraction,finetune,gradual $(ARGS)
+
+compare: ## strategies x seeds side by side, then the report (python -m tlexp.compare $(ARGS))
+	$(PY) -m tlexp.compare $(ARGS)
+
+advise: ## which strategy auto would pick for a dataset (python -m tlexp.advise $(ARGS))
+	$(PY) -m tlexp.advise $(ARGS)
 
 tensorboard: ## TensorBoard over every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
