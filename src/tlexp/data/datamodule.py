@@ -72,7 +72,13 @@ class TransferDataModule(L.LightningDataModule):
         self.source = load_source(self.cfg, self.background, self.strict)
         names = self.source.class_names
         given = self._without_bad_files(self.source.splits)
-        splits = make_splits(given, self.cfg, names)
+        try:
+            splits = make_splits(given, self.cfg, names)
+        except DataError as err:
+            if self.strict:
+                raise
+            self.source.problems.append(str(err))  # inspect: report it and show the splits as given
+            splits = dict(given)
         leaks: list[dict] = []
         sha1 = {p: r.sha1 for p, r in self.probes.items()}
         if self.drop_leaks:
@@ -85,7 +91,7 @@ class TransferDataModule(L.LightningDataModule):
             duplicates=duplicate_groups(given, sha1, names),
             leaks_removed=leaks,
             class_counts=counts,
-            imbalance_ratio=imbalance_ratio(counts["train"]),
+            imbalance_ratio=imbalance_ratio(counts.get("train") or counts["pool"]),
         )
         if self.source.ignored:
             log.info("ignored while scanning: %s", ", ".join(f"{n} {k}" for k, n in self.source.ignored.items()))
@@ -99,7 +105,7 @@ class TransferDataModule(L.LightningDataModule):
             self.cfg.get("name", self.cfg["source"]),
             ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()),
             len(names),
-            dict(zip(names, counts["train"], strict=True)),
+            dict(zip(names, counts.get("train") or counts["pool"], strict=True)),
             self.checks["imbalance_ratio"],
             self.balance,
         )
@@ -141,7 +147,7 @@ class TransferDataModule(L.LightningDataModule):
                     )
                     if self.strict:
                         raise DataError(message)
-                    self.checks.setdefault("problems", []).append(message)
+                    self.source.problems.append(message)
             kept[split] = images
         return kept
 

@@ -28,13 +28,13 @@ def drop_leaks(splits: dict[str, ImageSet], sha1: dict[str, str]) -> tuple[dict[
     """
     seen: set[str] = set()
     kept, removed = {}, []
-    for split in ("train", "val", "test"):
+    for split in [s for s in ("pool", "train", "val", "test") if s in splits]:
         images = splits[split]
         if not isinstance(images, ImageFiles):
             kept[split] = images
             continue
         hashes = [sha1.get(p, "") for p in images.paths]
-        if split != "train":
+        if split not in ("pool", "train"):
             keep = [i for i, h in enumerate(hashes) if not h or h not in seen]
             if len(keep) < len(images):
                 removed += [{"split": split, "path": images.paths[i]} for i in set(range(len(images))) - set(keep)]
