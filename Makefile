@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train sweep compare advise tensorboard lint clean
+.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise tensorboard lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,12 @@ test-all: ## all tests, the slow ones too
 
 train: ## the main job: python -m tlexp.train $(ARGS)
 	$(PY) -m tlexp.train $(ARGS)
+
+inspect: ## a dataset report without training: python -m tlexp.inspect $(ARGS) (e.g. ARGS="dataset=imagefolder dataset.root=~/photos")
+	$(PY) -m tlexp.inspect $(ARGS)
+
+bench-preflight: ## pre-flight speed: 1 thread vs all cores vs cached, side by side
+	$(PY) benchmarks/bench_preflight.py $(ARGS)
 
 sweep: ## the four strategies side by side (Hydra multirun)
 	$(PY) -m tlexp.train -m strategy=scratch,feature_extraction,finetune,gradual $(ARGS)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
 from .backbones import block_map, create_backbone, data_config
 from .errors import ConfigError
@@ -39,6 +39,7 @@ class TransferModule(L.LightningModule):
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
         label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
         backbone: nn.Module | None = None,
     ):
         super().__init__()
@@ -50,6 +51,9 @@ class TransferModule(L.LightningModule):
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, num_classes))
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        # data.balance=weights: a class-weighted training loss (val/test losses stay unweighted, comparable).
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
         self.groups = self._named_groups()
         self.group_names = list(self.groups)
         self._bn_by_group = self._batchnorms_by_group()
@@ -64,6 +68,8 @@ class TransferModule(L.LightningModule):
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
         self.test_metrics = base.clone(prefix="test/")
+        # Per-class recall on the test split: shows what imbalance (and data.balance) does to the small classes.
+        self.test_recall = MulticlassRecall(num_classes, average=None)
 
     # ------------------------------------------------------------ groups
 
@@ -155,9 +161,17 @@ class TransferModule(L.LightningModule):
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
+        train = stage == "train"
+        loss = F.cross_entropy(
+            logits,
+            y,
+            weight=self.class_weights if train else None,
+            label_smoothing=self.hparams.label_smoothing if train else 0.0,
+        )
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits, y)
+        if stage == "test":
+            self.test_recall.update(logits, y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
@@ -170,6 +184,11 @@ class TransferModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    def on_test_epoch_end(self):
+        recall = self.test_recall.compute()
+        self.log_dict({f"test/recall/{name}": r for name, r in zip(self.class_names, recall, strict=True)})
+        self.test_recall.reset()
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch

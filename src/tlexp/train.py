@@ -95,6 +95,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         augment=_plain(cfg.augment),
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
+        on_bad_image=cfg.data.on_bad_image,
+        balance=cfg.data.balance,
+        background=tuple(cfg.data.background),
+        drop_leaks=cfg.data.drop_leaks,
+        preflight_cache=cfg.data.preflight_cache,
     )
     datamodule.setup()
     decision = None
@@ -113,6 +118,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         weight_decay=cfg.optimizer.weight_decay,
         momentum=cfg.optimizer.get("momentum", 0.9),
         label_smoothing=cfg.optimizer.get("label_smoothing", 0.0),
+        class_weights=datamodule.loss_weights(),
         backbone=backbone,
     )
 
@@ -167,6 +173,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "checkpoint": best,
         "history": history.rows,
+        "data_checks": datamodule.report(),  # skipped/broken files, leaks removed, class counts, imbalance
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import tempfile
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .images import ImageSet, TransformedImages
+from ..errors import ConfigError, DataError
+from .balance import BALANCE, balanced_sampler, class_weights, imbalance_ratio
+from .balance import class_counts as _counts
+from .duplicates import drop_leaks, duplicate_groups
+from .images import ImageFiles, ImageSet, TransformedImages
+from .preflight import Probe, preflight
 from .sources import Source, load_source
 from .splits import holdout, subsample
 from .transforms import eval_transform, train_transform
@@ -31,6 +39,12 @@ class TransferDataModule(L.LightningDataModule):
         augment: dict | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
+        on_bad_image: str = "skip",
+        balance: str = "none",
+        background: tuple = (255, 255, 255),
+        drop_leaks: bool = True,
+        preflight_cache: str | None = "~/.cache/tlexp/preflight",
+        strict: bool = True,
     ):
         super().__init__()
         self.cfg = dict(dataset)
@@ -38,22 +52,104 @@ class TransferDataModule(L.LightningDataModule):
         self.interpolation, self.crop_pct = interpolation, float(crop_pct)
         self.augment = dict(augment or {})
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        if on_bad_image not in ("skip", "error"):
+            raise ConfigError(f"data.on_bad_image={on_bad_image}: choose skip or error.")
+        if balance not in BALANCE:
+            raise ConfigError(f"data.balance={balance}: choose one of {', '.join(BALANCE)}.")
+        self.on_bad_image, self.balance, self.background = on_bad_image, balance, tuple(background)
+        self.drop_leaks, self.preflight_cache, self.strict = bool(drop_leaks), preflight_cache, bool(strict)
         self.source: Source | None = None
         self.splits: dict[str, ImageSet] = {}
+        self.probes: dict[str, Probe] = {}  # pre-flight verdict per file (file sources only)
+        self.checks: dict = {}  # what the checks found: the data part of metrics.json
+        self.failures_file: str | None = None  # files that broke during training, one "path<TAB>reason" a line
 
     # ------------------------------------------------------------ splits
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        self.source = load_source(self.cfg)
-        self.splits = make_splits(self.source.splits, self.cfg)
+        self.source = load_source(self.cfg, self.background, self.strict)
+        names = self.source.class_names
+        given = self._without_bad_files(self.source.splits)
+        try:
+            splits = make_splits(given, self.cfg, names)
+        except DataError as err:
+            if self.strict:
+                raise
+            self.source.problems.append(str(err))  # inspect: report it and show the splits as given
+            splits = dict(given)
+        leaks: list[dict] = []
+        sha1 = {p: r.sha1 for p, r in self.probes.items()}
+        if self.drop_leaks:
+            splits, leaks = drop_leaks(splits, sha1)
+        self.splits = splits
+        counts = {k: _counts(v.labels, len(names)) for k, v in splits.items()}
+        self.checks.update(
+            ignored_files=dict(self.source.ignored),
+            problems=list(self.source.problems),
+            duplicates=duplicate_groups(given, sha1, names),
+            leaks_removed=leaks,
+            class_counts=counts,
+            imbalance_ratio=imbalance_ratio(counts.get("train") or counts["pool"]),
+        )
+        if self.source.ignored:
+            log.info("ignored while scanning: %s", ", ".join(f"{n} {k}" for k, n in self.source.ignored.items()))
+        if leaks:
+            log.warning(
+                "removed %d image(s) from val/test whose exact copy is in an earlier split (data.drop_leaks=true)",
+                len(leaks),
+            )
         log.info(
-            "dataset %s: %s, %d classes",
+            "dataset %s: %s, %d classes; train class counts %s, imbalance ratio %.2f (data.balance=%s)",
             self.cfg.get("name", self.cfg["source"]),
             ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()),
-            len(self.class_names),
+            len(names),
+            dict(zip(names, counts.get("train") or counts["pool"], strict=True)),
+            self.checks["imbalance_ratio"],
+            self.balance,
         )
+
+    def _without_bad_files(self, given: dict[str, ImageSet]) -> dict[str, ImageSet]:
+        """Pre-flight every file; drop the unreadable ones (skip) or stop with the list (error)."""
+        paths = [p for images in given.values() if isinstance(images, ImageFiles) for p in images.paths]
+        self.checks["bad_files"] = []
+        if not paths:
+            return given
+        cache = None
+        if self.preflight_cache:
+            ident = hashlib.sha1(self.source.identity.encode()).hexdigest()[:16]
+            cache = Path(self.preflight_cache).expanduser() / f"{ident}.json"
+        self.probes = preflight(paths, cache)
+        bad = sorted((p, r.reason) for p, r in self.probes.items() if r.reason)
+        self.checks["bad_files"] = [{"path": p, "reason": why} for p, why in bad]
+        if not bad:
+            return given
+        listing = "\n".join(f"  {p}: {why}" for p, why in bad[:30])
+        listing += f"\n  ... and {len(bad) - 30} more (all in metrics.json)" if len(bad) > 30 else ""
+        if self.on_bad_image == "error":
+            raise DataError(
+                f"{len(bad)} unreadable image file(s) (data.on_bad_image=error):\n{listing}\n"
+                "Fix or delete them, or set data.on_bad_image=skip to train without them."
+            )
+        log.warning("skipping %d unreadable image file(s):\n%s", len(bad), listing)
+        names = self.source.class_names
+        kept = {}
+        for split, images in given.items():
+            if isinstance(images, ImageFiles):
+                good = np.asarray([i for i, p in enumerate(images.paths) if not self.probes[p].reason], dtype=np.int64)
+                images = images.subset(good)
+                empty = [names[c] for c in range(len(names)) if not np.any(images.labels == c)]
+                if empty:
+                    message = (
+                        f"after skipping unreadable files, class(es) {empty} have no images left in "
+                        f"{'the folder' if split == 'pool' else f'split {split!r}'}. Add readable images."
+                    )
+                    if self.strict:
+                        raise DataError(message)
+                    self.source.problems.append(message)
+            kept[split] = images
+        return kept
 
     @property
     def class_names(self) -> list[str]:
@@ -80,17 +176,54 @@ class TransferDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         self.setup()
-        data = TransformedImages(self.splits[split], self.train_transform if train else self.eval_transform)
+        if self.failures_file is None:  # written only when a file breaks
+            self.failures_file = str(Path(tempfile.mkdtemp(prefix="tlexp-data-")) / "broken.tsv")
+        transform = self.train_transform if train else self.eval_transform
+        data = TransformedImages(self.splits[split], transform, self.failures_file)
+        sampler = None
+        if train and self.balance == "sampler":
+            sampler = balanced_sampler(data.images.labels, self.num_classes, int(self.cfg.get("split_seed", 0)))
         return DataLoader(
             data,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             # A last batch of one image breaks BatchNorm in training mode; drop it only when there are others.
             drop_last=train and len(data) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    # ------------------------------------------------------------ balance and the record
+
+    def loss_weights(self) -> list[float] | None:
+        """Per-class weights for the training loss when data.balance=weights, else None."""
+        if self.balance != "weights":
+            return None
+        return class_weights(_counts(self.splits["train"].labels, self.num_classes))
+
+    def broken_during_training(self) -> list[dict]:
+        if not self.failures_file or not Path(self.failures_file).is_file():
+            return []
+        rows = [line.split("\t", 1) for line in Path(self.failures_file).read_text().splitlines() if line]
+        return [{"path": p, "reason": why} for p, why in dict(rows).items()]
+
+    def report(self) -> dict:
+        """What the data checks found, for metrics.json: skipped files, leaks removed, counts, imbalance."""
+        self.setup()
+        broken = self.broken_during_training()
+        return {
+            "bad_files_skipped": len(self.checks["bad_files"]),
+            "bad_files": self.checks["bad_files"],
+            "broken_during_training": broken,
+            "ignored_files": self.checks["ignored_files"],
+            "duplicate_groups": len(self.checks["duplicates"]),
+            "leaks_removed": len(self.checks["leaks_removed"]),
+            "class_counts": self.checks["class_counts"],
+            "imbalance_ratio": self.checks["imbalance_ratio"],
+            "balance": self.balance,
+        }
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -102,7 +235,7 @@ class TransferDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
 
-def make_splits(given: dict[str, ImageSet], cfg: dict) -> dict[str, ImageSet]:
+def make_splits(given: dict[str, ImageSet], cfg: dict, names: list[str] | None = None) -> dict[str, ImageSet]:
     """train/val/test from what the source gives: a pool, or some of the splits already made.
 
     Held-out splits come first and do not depend on `per_class`/`train_size`, so runs at different
@@ -112,18 +245,16 @@ def make_splits(given: dict[str, ImageSet], cfg: dict) -> dict[str, ImageSet]:
     splits = dict(given)
     train = splits.pop("pool", None) or splits.pop("train")
     if "test" not in splits:
-        kept, held = holdout(train.labels, seed, cfg.get("test_fraction", 0.15), cfg.get("test_per_class"), "test")
+        fraction, per_class = cfg.get("test_fraction", 0.15), cfg.get("test_per_class")
+        kept, held = holdout(train.labels, seed, fraction, per_class, "test", names)
         splits["test"], train = train.subset(held), train.subset(kept)
     elif cfg.get("test_per_class"):  # a smaller, still stratified, test set for quick comparisons
         splits["test"] = splits["test"].subset(subsample(splits["test"].labels, seed, cfg["test_per_class"], None))
     if "val" not in splits:
-        kept, held = holdout(train.labels, seed + 7, cfg.get("val_fraction", 0.15), cfg.get("val_per_class"), "val")
+        fraction, per_class = cfg.get("val_fraction", 0.15), cfg.get("val_per_class")
+        kept, held = holdout(train.labels, seed + 7, fraction, per_class, "val", names)
         splits["val"], train = train.subset(held), train.subset(kept)
     chosen = subsample(train.labels, seed, cfg.get("per_class"), cfg.get("train_size"))
     if len(chosen) < len(train):
         train = train.subset(chosen)
     return {"train": train, "val": splits["val"], "test": splits["test"]}
-
-
-def class_counts(images: ImageSet, num_classes: int) -> list[int]:
-    return np.bincount(images.labels, minlength=num_classes).tolist()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 
 class ImageSet:
@@ -40,34 +43,96 @@ class TensorImages(ImageSet):
         return TensorImages(self.pixels[idx], self.labels[np.asarray(indices)])
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode a file to RGB with its EXIF orientation applied."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
+class BadImage(Exception):
+    """A file that cannot be decoded to an image; `reason` says why in a few words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Any PIL mode -> 3-channel 8-bit RGB; transparency is composited on `background`."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, tuple(int(c) for c in background))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode.startswith("I") or img.mode == "F":
+        # 16/32-bit or float grey: convert("RGB") would clip everything above 255 to white; rescale instead.
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if img.mode == "F":
+            lo, hi = float(a.min()), float(a.max())
+            a, top = a - lo, (hi - lo) or 1.0
+        grey = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+
+
+def open_rgb(path: str | Path, background=(255, 255, 255)) -> Image.Image:
+    """Decode a file fully to RGB with its EXIF orientation applied; any failure is a BadImage with the reason."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode everything now: a truncated file fails here, not inside a transform
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img, background)
+    except FileNotFoundError:
+        raise BadImage(path, "file not found") from None
+    except Image.DecompressionBombError as err:
+        raise BadImage(path, f"too many pixels ({err})") from None
+    except Image.UnidentifiedImageError:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise BadImage(path, "empty file (0 bytes)" if size == 0 else "not an image PIL can read") from None
+    except Exception as err:  # noqa: BLE001 - whatever a broken file makes PIL raise, it is a bad file
+        text = str(err) or type(err).__name__
+        reason = "truncated" if "truncated" in text.lower() else "cannot decode"
+        raise BadImage(path, f"{reason}: {text}") from None
 
 
 class ImageFiles(ImageSet):
-    """Image files on disk, decoded when asked for."""
+    """Image files on disk, decoded when asked for; transparent pixels land on `background`."""
 
-    def __init__(self, paths: list[str], labels: np.ndarray):
+    def __init__(self, paths: list[str], labels: np.ndarray, background=(255, 255, 255)):
         self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+        self.background = tuple(background)
 
     def image(self, i: int) -> Image.Image:
-        return open_rgb(self.paths[i])
+        return open_rgb(self.paths[i], self.background)
 
     def subset(self, indices: np.ndarray) -> ImageFiles:
-        return ImageFiles([self.paths[i] for i in indices], self.labels[np.asarray(indices)])
+        return ImageFiles([self.paths[i] for i in indices], self.labels[np.asarray(indices)], self.background)
 
 
 class TransformedImages(torch.utils.data.Dataset):
-    """(transform(image), label) pairs for a DataLoader."""
+    """(transform(image), label) pairs for a DataLoader.
 
-    def __init__(self, images: ImageSet, transform):
-        self.images, self.transform = images, transform
+    A file that breaks while training (changed on disk since the pre-flight check) must not end a long run:
+    its sample is replaced by the next readable one, and the failure is logged and appended to `failures`
+    (a text file, so that DataLoader worker processes can report it too).
+    """
+
+    retries = 10
+
+    def __init__(self, images: ImageSet, transform, failures: str | Path | None = None):
+        self.images, self.transform, self.failures = images, transform, failures
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(self.images.image(i)), int(self.images.labels[i])
+        for step in range(self.retries):
+            j = (i + step) % len(self.images)
+            try:
+                return self.transform(self.images.image(j)), int(self.images.labels[j])
+            except BadImage as bad:
+                self._record(bad)
+        raise BadImage(f"images {i}..{i + self.retries - 1}", f"{self.retries} unreadable files in a row; stopping")
+
+    def _record(self, bad: BadImage) -> None:
+        log.warning("skipped unreadable image during training: %s (%s)", bad.path, bad.reason)
+        if self.failures:
+            with open(self.failures, "a", encoding="utf-8") as f:
+                f.write(f"{bad.path}\t{bad.reason}\n")

@@ -1,7 +1,8 @@
-"""Where labelled images come from: Fashion-MNIST (Debian package), an image folder, or a synthetic set."""
+"""Where labelled images come from: Fashion-MNIST (Debian package), an image folder, a CSV manifest, or synthetic."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ class Source:
     class_names: list[str]
     splits: dict[str, ImageSet] = field(default_factory=dict)  # any of train / val / test
     identity: str = ""  # what identifies the data (for caches and the run record)
+    ignored: dict[str, int] = field(default_factory=dict)  # files passed over while scanning, by kind
+    problems: list[str] = field(default_factory=list)  # structural problems noted instead of raised (inspect)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -71,63 +74,134 @@ def fashion_mnist(root: str) -> Source:
 # ---------------------------------------------------------------- image folder
 
 
-def _list_images(folder: Path) -> list[str]:
-    return sorted(
-        str(p)
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+class _Scan:
+    """Walks class folders; counts what it passes over (hidden files, non-images) and, when not strict,
+    notes structural problems instead of raising them (`tlexp.inspect` reports them all at once)."""
+
+    def __init__(self, strict: bool = True):
+        self.strict, self.ignored, self.problems = strict, {}, []
+
+    def problem(self, message: str) -> None:
+        if self.strict:
+            raise DataError(message)
+        self.problems.append(message)
+
+    def images(self, folder: Path) -> list[str]:
+        found = []
+        for p in sorted(folder.rglob("*")):
+            if not p.is_file():
+                continue
+            if any(part.startswith(".") for part in p.relative_to(folder).parts):
+                kind = "hidden"  # .DS_Store, ._photo.jpg from macOS, .git/...
+            elif p.suffix.lower() not in IMAGE_EXTENSIONS:
+                kind = "not an image"
+            else:
+                found.append(str(p))
+                continue
+            self.ignored[kind] = self.ignored.get(kind, 0) + 1
+        return found
+
+    def classes(self, folder: Path) -> dict[str, list[str]]:
+        classes = {d.name: self.images(d) for d in sorted(folder.iterdir()) if d.is_dir() and d.name[0] != "."}
+        if not classes:
+            raise DataError(
+                f"no class folders in {folder}. Put one subfolder per class (e.g. {folder}/cat/*.jpg, "
+                f"{folder}/dog/*.jpg), or train/ val/ test/ subfolders that each hold the class folders."
+            )
+        empty = [name for name, files in classes.items() if not files]
+        if empty:
+            self.problem(
+                f"class folder(s) {empty} under {folder} hold no images (extensions: "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case). Add images or remove the folder(s)."
+            )
+        return {name: files for name, files in classes.items() if files}
 
 
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def check_split_classes(names_by_split: dict[str, list[str]], where: str, scan: _Scan | None = None) -> list[str]:
+    """Every split must hold the same classes, and there must be two at least; returns the class names."""
+    report = scan.problem if scan else _raise
+    first = "train" if "train" in names_by_split else next(iter(names_by_split))
+    names = sorted(names_by_split[first])
+    for split, got in names_by_split.items():
+        if sorted(got) != names:
+            missing, extra = sorted(set(names) - set(got)), sorted(set(got) - set(names))
+            report(
+                f"the classes of split '{split}' differ from those of '{first}' in {where}: "
+                f"missing {missing}, extra {extra}. Every split needs the same classes."
+            )
+    if len(names) < 2:
+        report(f"{where} holds a single class {names}; a classifier needs at least two classes.")
+    return names
 
 
-def _scan_classes(folder: Path) -> dict[str, list[str]]:
-    classes = {d.name: _list_images(d) for d in _class_folders(folder)}
-    if not classes:
-        raise DataError(
-            f"no class folders in {folder}. Put one subfolder per class (e.g. {folder}/cat/*.jpg, "
-            f"{folder}/dog/*.jpg), or train/ val/ test/ subfolders that each hold the class folders."
-        )
-    empty = [name for name, files in classes.items() if not files]
-    if empty:
-        raise DataError(
-            f"class folder(s) {empty} under {folder} hold no images (extensions: "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Add images or remove the folder(s)."
-        )
-    return classes
+def _raise(message: str) -> None:
+    raise DataError(message)
 
 
-def image_folder(root: str) -> Source:
+def image_folder(root: str, background=(255, 255, 255), strict: bool = True) -> Source:
     """One subfolder per class, or train/ val/ test/ subfolders each holding the class folders."""
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist. Set `dataset.root=/path/to/images`.")
+    scan = _Scan(strict)
     present = [s for s in SPLITS if (base / s).is_dir()]
     if "train" in present:
-        scanned = {s: _scan_classes(base / s) for s in present}
-        names = sorted(scanned["train"])
-        for split, classes in scanned.items():
-            if sorted(classes) != names:
-                raise DataError(
-                    f"the class folders of {base / split} {sorted(classes)} differ from those of "
-                    f"{base / 'train'} {names}. Every split needs the same class folders."
-                )
-        splits = {s: _to_files(classes, names) for s, classes in scanned.items()}
+        scanned = {s: scan.classes(base / s) for s in present}
+    elif present:
+        raise DataError(
+            f"{base} has {'/'.join(present)}/ but no train/ folder. A pre-split folder needs train/ "
+            "(and optionally val/, test/), each holding the class folders."
+        )
     else:
-        classes = _scan_classes(base)
-        names = sorted(classes)
-        splits = {"pool": _to_files(classes, names)}
-    if len(names) < 2:
-        raise DataError(f"{base} holds a single class {names}; a classifier needs at least two class folders.")
-    return Source(names, splits, identity=f"folder:{base.resolve()}")
+        scanned = {"pool": scan.classes(base)}
+    names = check_split_classes({s: list(c) for s, c in scanned.items()}, str(base), scan)
+    splits = {s: _to_files(classes, names, background) for s, classes in scanned.items()}
+    return Source(names, splits, f"folder:{base.resolve()}", scan.ignored, scan.problems)
 
 
-def _to_files(classes: dict[str, list[str]], names: list[str]) -> ImageFiles:
-    paths = [p for name in names for p in classes[name]]
-    labels = np.array([i for i, name in enumerate(names) for _ in classes[name]], dtype=np.int64)
-    return ImageFiles(paths, labels)
+def _to_files(classes: dict[str, list[str]], names: list[str], background) -> ImageFiles:
+    paths = [p for name in names for p in classes.get(name, [])]
+    labels = np.array([i for i, name in enumerate(names) for _ in classes.get(name, [])], dtype=np.int64)
+    return ImageFiles(paths, labels, background)
+
+
+# ---------------------------------------------------------------- CSV manifest
+
+
+def csv_manifest(manifest: str, background=(255, 255, 255), strict: bool = True) -> Source:
+    """A CSV file with a header `path,label[,split]`; relative paths are relative to the CSV's folder."""
+    file = Path(manifest).expanduser()
+    if not file.is_file():
+        raise DataError(f"manifest {file} does not exist. Set `dataset.manifest=/path/to/labels.csv`.")
+    with open(file, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+        header = [c.strip().lower() for c in (rows[0].keys() if rows else [])]
+    if not {"path", "label"} <= set(header):
+        raise DataError(
+            f"manifest {file} needs a header line with the columns path,label (and optionally split); "
+            f"found {header or 'no rows'}."
+        )
+    scan = _Scan(strict)
+    by_split: dict[str, dict[str, list[str]]] = {}
+    for n, row in enumerate(rows, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        split = row.get("split") or "pool"
+        if split not in (*SPLITS, "pool"):
+            raise DataError(f"{file} line {n}: split '{split}' is not one of train, val, test (or empty).")
+        if not row["path"] or not row["label"]:
+            raise DataError(f"{file} line {n}: empty path or label.")
+        path = Path(row["path"]).expanduser()
+        path = path if path.is_absolute() else file.parent / path
+        by_split.setdefault(split, {}).setdefault(row["label"], []).append(str(path))
+    if not by_split:
+        raise DataError(f"manifest {file} lists no images.")
+    if "pool" in by_split and len(by_split) > 1:
+        raise DataError(f"{file}: some rows have a split and some do not; give every row a split, or none.")
+    if "pool" not in by_split and "train" not in by_split:
+        raise DataError(f"{file}: rows have splits but none is 'train'.")
+    names = check_split_classes({s: list(c) for s, c in by_split.items()}, str(file), scan)
+    splits = {s: _to_files(classes, names, background) for s, classes in by_split.items()}
+    return Source(names, splits, f"csv:{file.resolve()}", scan.ignored, scan.problems)
 
 
 # ---------------------------------------------------------------- synthetic
@@ -152,14 +226,18 @@ def synthetic(num_classes: int = 4, per_class: int = 40, image_size: int = 32, s
     return Source(names, {"pool": TensorImages(pixels, labels.numpy())}, identity=ident)
 
 
-def load_source(cfg: dict) -> Source:
+def load_source(cfg: dict, background=(255, 255, 255), strict: bool = True) -> Source:
     kind = cfg["source"]
     if kind == "fashion_mnist":
         return fashion_mnist(cfg["root"])
     if kind == "imagefolder":
         if not cfg.get("root"):
             raise DataError("dataset=imagefolder needs a folder: add `dataset.root=/path/to/images`.")
-        return image_folder(cfg["root"])
+        return image_folder(cfg["root"], background, strict)
+    if kind == "csv":
+        if not cfg.get("manifest"):
+            raise DataError("dataset=csv needs a file: add `dataset.manifest=/path/labels.csv` (path,label[,split]).")
+        return csv_manifest(cfg["manifest"], background, strict)
     if kind == "synthetic":
         return synthetic(cfg.get("num_classes", 4), cfg.get("images_per_class", 40), cfg.get("native_size", 32))
-    raise DataError(f"unknown dataset source '{kind}'; choose fashion_mnist, imagefolder or synthetic.")
+    raise DataError(f"unknown dataset source '{kind}'; choose fashion_mnist, imagefolder, csv or synthetic.")

@@ -19,25 +19,26 @@ def _by_class(labels: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndar
     return {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
 
 
-def _counts(per_class_idx: dict[int, np.ndarray], fraction: float | None, per_class: int | None, what: str):
+def _counts(per_class_idx, fraction: float | None, per_class: int | None, what: str, names: list[str] | None):
     counts = {}
     for c, idx in per_class_idx.items():
         n = per_class if per_class is not None else int(round(fraction * len(idx)))
         n = max(n, 1)
         if n >= len(idx):
             raise DataError(
-                f"class {c} has {len(idx)} images, too few to hold {n} back for {what} and keep some for "
-                "training. Add images, or lower the held-out share (dataset.val_fraction / test_fraction)."
+                f"class '{names[c] if names else c}' has {len(idx)} images, too few to hold {n} back for {what} "
+                "and keep some for training. Add images to it, or lower the held-out share "
+                f"(dataset.{what}_fraction / dataset.{what}_per_class), or supply a {what}/ split."
             )
         counts[c] = n
     return counts
 
 
-def holdout(labels: np.ndarray, seed: int, fraction: float | None, per_class: int | None, what: str):
+def holdout(labels: np.ndarray, seed: int, fraction, per_class, what: str, names: list[str] | None = None):
     """Split indices into (kept, held out), stratified by class and reproducible from the seed."""
     rng = np.random.default_rng(seed)
     by_class = _by_class(labels, rng)
-    held, rest = _take(by_class, _counts(by_class, fraction, per_class, what))
+    held, rest = _take(by_class, _counts(by_class, fraction, per_class, what, names))
     kept = np.sort(np.concatenate(list(rest.values())))
     return kept, held
 
