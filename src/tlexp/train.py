@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -16,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
+from .guards import StopOnNonFinite
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
+from .resume import LAST, RUN_CONFIG, RunState, check_resume_overrides, resume_config
 
 log = logging.getLogger("tlexp")
 
@@ -57,10 +60,16 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     """Train and test one configuration; returns the metrics also written to `metrics.json`.
 
     `callbacks` are added to the Trainer (tests use them to watch phases epoch by epoch).
+    With `resume=<run dir>`, the run continues from its `checkpoints/last.ckpt` with its own config.
     """
+    ckpt_path = None
+    if cfg.get("resume"):
+        cfg, ckpt_path = resume_config(cfg)
     check_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if ckpt_path is None:
+        (out / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     strategy = _plain(cfg.strategy)
     pretrained = bool(strategy.get("pretrained", True))
@@ -101,24 +110,26 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
 
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
     checkpoints = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename="best-{epoch:02d}",
-        monitor="val/acc",
-        mode="max",
-        save_last=True,
+        dirpath=out / "checkpoints", filename="best-{epoch:02d}", monitor="val/acc", mode="max"
     )
+    # last.ckpt at every epoch end (Lightning's save_last only writes it in epochs where the best one improved);
+    # listed after `checkpoints` so that it holds the best-so-far state of this epoch too.
+    last = out / "checkpoints" / LAST
+    every_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename=last.stem, enable_version_counter=False)
+    guards = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last)]
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer = L.Trainer(
         **_plain(cfg.trainer),
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, checkpoints, *(callbacks or [])],
+        callbacks=[schedule, checkpoints, *guards, *(callbacks or [])],
         logger=logger,
         default_root_dir=str(out),
     )
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
+    history = list(schedule.history)  # before test(): restoring the best checkpoint restores callback state too
     best = checkpoints.best_model_path or None
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
@@ -145,6 +156,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "total_params": module.total_parameters(),
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "checkpoint": best,
+        "resumed": ckpt_path is not None,
+        "phase_history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {
@@ -186,6 +199,8 @@ def print_summary(metrics: dict, out: Path) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
+    if cfg.get("resume"):
+        check_resume_overrides(list(HydraConfig.get().overrides.task))
     metrics = train(cfg)
     return metrics["test"].get("acc")
 
