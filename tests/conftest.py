@@ -47,11 +47,11 @@ def tiny_cfg(tmp_path, tiny_weights):
     return make
 
 
-def short_phases(strategy: str) -> str:
-    """An override that keeps a strategy's phases but gives each phase 2 epochs."""
+def short_phases(strategy: str, epochs: int = 2) -> str:
+    """An override that keeps a strategy's phases but gives each phase `epochs` epochs (2 by default)."""
     cfg = compose_cfg(f"strategy={strategy}")
     items = []
     for p in cfg.strategy.phases:
         lr = p.lr if not isinstance(p.lr, DictConfig) else "{" + ", ".join(f"{k}: {v}" for k, v in p.lr.items()) + "}"
-        items.append(f"{{name: {p.name}, epochs: 2, train: [{', '.join(p.train)}], lr: {lr}}}")
+        items.append(f"{{name: {p.name}, epochs: {epochs}, train: [{', '.join(p.train)}], lr: {lr}}}")
     return f"strategy.phases=[{', '.join(items)}]"

@@ -47,7 +47,11 @@ def test_multirun_sweeps_the_four_strategies(tmp_path, tiny_weights):
 
 @pytest.mark.parametrize(
     ("override", "listed"),
-    [("strategy=nope", "Available options in 'strategy'"), ("model=resnet5", "Available options in 'model'")],
+    [
+        ("strategy=nope", "Available options in 'strategy'"),
+        ("model=resnet5", "Available options in 'model'"),
+        ("dataset=mnist", "Available options in 'dataset'"),
+    ],
 )
 def test_unknown_group_choice_lists_the_valid_ones(override, listed):
     proc = run_cli(override, timeout=60)

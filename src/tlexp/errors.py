@@ -25,6 +25,10 @@ class DataError(TlexpError):
     """The dataset is missing, empty or malformed."""
 
 
+class TrainingDiverged(TlexpError):
+    """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
 def exit_on_user_error(fn):
     """Run `fn`; turn a TlexpError into a one-paragraph message on stderr and exit status 2."""
 

@@ -105,9 +105,8 @@ class TransferModule(L.LightningModule):
                     bn.eval()
         return self
 
-    def audit_groups(self, phase, index: int, mode: str) -> list[dict]:
+    def audit_groups(self, optimizer, phase, index: int, mode: str) -> list[dict]:
         """Check every trainable parameter sits in exactly one optimizer group; log a table per group."""
-        optimizer = self.trainer.optimizers[0]
         seen: dict[int, str] = {}
         for group in optimizer.param_groups:
             for p in group["params"]:

@@ -161,7 +161,9 @@ class PhaseSchedule(Callback):
         self.starts = [sum(p.epochs for p in phases[:i]) for i in range(len(phases))]
         self.total_epochs = sum(p.epochs for p in phases)
         self.current: int | None = None  # index of the phase applied to the model now
-        self.history: list[dict] = []  # what was applied, epoch by epoch (for tests and metrics.json)
+        self.restored: int | None = None  # phase index in the checkpoint we resumed from (None: fresh run)
+        # What the model looked like at each epoch's first step: trainable flags, lrs (metrics.json, resume checks)
+        self.history: list[dict] = []
 
     # ------------------------------------------------------------ lookups
 
@@ -178,19 +180,42 @@ class PhaseSchedule(Callback):
 
     # ------------------------------------------------------------ hooks
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.mode(trainer) == "zero_lr":
+            why = f"world size {trainer.world_size} > 1" if self.freeze_mode == "auto" else "freeze_mode=zero_lr"
+            log.info(
+                f"{why}: freezing by zero learning rate and zero weight decay; gradients still flow through "
+                "frozen groups so that DDP replicas stay in step"
+            )
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        index = self.phase_index(trainer.current_epoch)
-        if index != self.current:
-            self.apply(trainer, pl_module, index, entering=trainer.current_epoch == self.starts[index])
-        self.history.append(
-            {
-                "epoch": trainer.current_epoch,
-                "phase": index,
-                "trainable": sorted(g for g in pl_module.group_names if g in self.phases[index].train),
-            }
-        )
+        self._ensure_phase(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        self._ensure_phase(trainer, pl_module)  # Lightning skips on_train_epoch_start when resuming mid-epoch
+        self._set_lrs(trainer, pl_module, batch_idx)
+        if not self.history or self.history[-1]["epoch"] != trainer.current_epoch:
+            self.history.append(self._snapshot(trainer, pl_module))
+
+    def _ensure_phase(self, trainer: L.Trainer, pl_module) -> None:
+        index = self.phase_index(trainer.current_epoch)
+        if index != self.current:
+            # A phase is entered at its first epoch, unless the checkpoint we resumed from was saved inside
+            # that phase (an interrupt mid-epoch): then its optimizer state is already the phase's own.
+            entering = trainer.current_epoch == self.starts[index] and self.restored != index
+            self.apply(trainer, pl_module, index, entering=entering)
+
+    def _snapshot(self, trainer: L.Trainer, pl_module) -> dict:
+        groups = trainer.optimizers[0].param_groups
+        return {
+            "epoch": trainer.current_epoch,
+            "phase": self.current,
+            "trainable": {g: all(p.requires_grad for p in ps) for g, ps in pl_module.groups.items()},
+            "lr": {group["name"]: group["lr"] for group in groups},
+            "weight_decay": {group["name"]: group["weight_decay"] for group in groups},
+        }
+
+    def _set_lrs(self, trainer: L.Trainer, pl_module, batch_idx: int) -> None:
         index = self.current
         phase = self.phases[index]
         per_epoch = max(1, int(trainer.num_training_batches))
@@ -228,12 +253,12 @@ class PhaseSchedule(Callback):
         eval_groups = {"frozen": frozen, "eval": pl_module.group_names, "train": []}[phase.bn]
         pl_module.set_frozen_bn(eval_groups)
         self.current = index
-        pl_module.audit_groups(phase, index, mode)
+        pl_module.audit_groups(optimizer, phase, index, mode)
 
     # ------------------------------------------------------------ checkpoint state
 
     def state_dict(self) -> dict:
-        return {"phase_index": self.current, "phases": [p.as_dict() for p in self.phases]}
+        return {"phase_index": self.current, "phases": [p.as_dict() for p in self.phases], "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         saved = [p["name"] for p in state.get("phases", [])]
@@ -243,3 +268,5 @@ class PhaseSchedule(Callback):
                 f"the checkpoint was trained with phases {saved}, this run has {mine}. Resume with the "
                 "same strategy, or start a new run."
             )
+        self.restored = state.get("phase_index")
+        self.history = list(state.get("history", []))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -19,9 +20,11 @@ from . import auto
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
+from .guards import StopOnNonFinite
 from .history import EpochHistory
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
+from .resume import LAST, RUN_CONFIG, RunState, check_resume_overrides, resume_config
 
 log = logging.getLogger("tlexp")
 
@@ -66,10 +69,16 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     """Train and test one configuration; returns the metrics also written to `metrics.json`.
 
     `callbacks` are added to the Trainer (tests use them to watch phases epoch by epoch).
+    With `resume=<run dir>`, the run continues from its `checkpoints/last.ckpt` with its own config.
     """
+    ckpt_path = None
+    if cfg.get("resume"):
+        cfg, ckpt_path = resume_config(cfg)
     check_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if ckpt_path is None:
+        (out / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     strategy = _plain(cfg.strategy)
     pretrained = bool(strategy.get("pretrained", True))
@@ -123,19 +132,20 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     )
 
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
-    history = EpochHistory(schedule.phase_index)
+    curves = EpochHistory(schedule.phase_index)
     checkpoints = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename="best-{epoch:02d}",
-        monitor="val/acc",
-        mode="max",
-        save_last=True,
+        dirpath=out / "checkpoints", filename="best-{epoch:02d}", monitor="val/acc", mode="max"
     )
+    # last.ckpt at every epoch end (Lightning's save_last only writes it in epochs where the best one improved);
+    # listed after `checkpoints` so that it holds the best-so-far state of this epoch too.
+    last = out / "checkpoints" / LAST
+    every_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename=last.stem, enable_version_counter=False)
+    guards = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last)]
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer = L.Trainer(
         **_plain(cfg.trainer),
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, checkpoints, history, *(callbacks or [])],
+        callbacks=[schedule, checkpoints, curves, *guards, *(callbacks or [])],
         logger=logger,
         default_root_dir=str(out),
     )
@@ -143,8 +153,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     if decision is not None:
         logger.experiment.add_text("strategy/auto", decision.reason, 0)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
+    # Copied before test(): restoring the best checkpoint restores callback state too.
+    history, epochs = list(schedule.history), list(curves.rows)
     best = checkpoints.best_model_path or None
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
@@ -172,7 +184,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "total_params": module.total_parameters(),
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "checkpoint": best,
-        "history": history.rows,
+        "resumed": ckpt_path is not None,
+        "history": epochs,
+        "phase_history": history,
         "data_checks": datamodule.report(),  # skipped/broken files, leaks removed, class counts, imbalance
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -222,7 +236,6 @@ def print_summary(metrics: dict, out: Path) -> None:
 
 
 def _in_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -230,7 +243,6 @@ def _in_sweep() -> bool:
 
 def train_in_sweep(cfg: DictConfig) -> float | None:
     """One run of a multirun: a failure is written to error.json and logged, and the sweep goes on."""
-    from hydra.core.hydra_config import HydraConfig
 
     job = HydraConfig.get().job
     total = os.environ.get("TLEXP_SWEEP_TOTAL")
@@ -248,6 +260,8 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.get("resume"):
+        exit_on_user_error(check_resume_overrides)(list(HydraConfig.get().overrides.task))
     if _in_sweep():
         return train_in_sweep(cfg)
     return exit_on_user_error(train)(cfg)["test"].get("acc")
