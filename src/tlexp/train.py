@@ -16,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
+from .evaluate import evaluate
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
+from .preview import TrainBatchPreview
 
 log = logging.getLogger("tlexp")
 
@@ -96,6 +98,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         weight_decay=cfg.optimizer.weight_decay,
         momentum=cfg.optimizer.get("momentum", 0.9),
         label_smoothing=cfg.optimizer.get("label_smoothing", 0.0),
+        preprocessing=pre,  # saved in the checkpoint: predict/export need nothing else
         backbone=backbone,
     )
 
@@ -108,10 +111,12 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         save_last=True,
     )
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    report = cfg.report
+    preview = [TrainBatchPreview(out / "train_batch.png", report.train_batch_preview)] if report.train_batch_preview else []
     trainer = L.Trainer(
         **_plain(cfg.trainer),
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, checkpoints, *(callbacks or [])],
+        callbacks=[schedule, checkpoints, *preview, *(callbacks or [])],
         logger=logger,
         default_root_dir=str(out),
     )
@@ -123,6 +128,12 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test_seconds = time.perf_counter() - started
+    evaluation = None
+    if report.enabled:  # the module holds the best checkpoint's weights since trainer.test(ckpt_path=best)
+        evaluation = evaluate(
+            module, datamodule, out / "evaluation", logger.experiment, "test", report.temperature, report.top_losses
+        )
+        evaluation = {k: v for k, v in evaluation.items() if k != "reliability_bins"}
 
     metrics = {
         "model": cfg.model.name,
@@ -145,6 +156,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "total_params": module.total_parameters(),
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "checkpoint": best,
+        "evaluation": evaluation,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {
@@ -154,7 +166,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "seed": cfg.seed,
         **{f"lr/{p.name}": max(p.lr.values()) for p in phases},
     }
-    logger.log_hyperparams(hparams, {f"hparams/test_{k}": v for k, v in metrics["test"].items()})
+    final = {f"hparams/test_{k}": v for k, v in metrics["test"].items()}
+    if evaluation:
+        final["hparams/test_ece"] = evaluation["ece"]
+    logger.log_hyperparams(hparams, final)
     print_summary(metrics, out)
     return metrics
 
