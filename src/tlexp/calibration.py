@@ -30,9 +30,8 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE = sum over bins of (share of samples) x |accuracy - mean confidence| (Guo et al. 2017)."""
     total = len(labels)
-    return sum(
-        r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in reliability_bins(probs, labels, bins) if r["count"]
-    )
+    rows = [r for r in reliability_bins(probs, labels, bins) if r["count"]]
+    return sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in rows)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:

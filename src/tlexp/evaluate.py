@@ -83,7 +83,9 @@ def write_report(rows: list[dict], accuracy: float, out: Path) -> None:
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows]
+    lines += [
+        f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows
+    ]
     (out / "classification_report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -121,7 +123,8 @@ def evaluate(
     if worst:
         images = datamodule.splits[split]
         captions = [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in worst]
-        grid = figures.grid_figure([images.image(i) for i in worst], captions, title=f"most confidently wrong ({split})")
+        title = f"most confidently wrong ({split})"
+        grid = figures.grid_figure([images.image(i) for i in worst], captions, title=title)
         figures.save(grid, out / "top_losses.png", tensorboard, "eval/top_losses")
 
     bins = calibration.reliability_bins(probs, labels, BINS)

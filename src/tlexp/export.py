@@ -45,6 +45,7 @@ def export(module, fmt: str, path: Path, training: dict | None = None, checkpoin
             # torch >= 2.9 warns that the TorchScript-based exporter is legacy; the dynamo one needs onnxscript
             # and a torch.export-able model, which not every timm backbone is. The legacy path is still supported.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
             torch.onnx.export(
                 net,
                 (example,),
@@ -56,7 +57,10 @@ def export(module, fmt: str, path: Path, training: dict | None = None, checkpoin
                 opset_version=17,
             )
     else:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.x deprecates TorchScript in favour of torch.export, but it still works and still loads
+            # without Python (libtorch / C++), which is why the issue asks for it.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.")
             torch.jit.trace(net, example).save(str(path))
 
     card = {
@@ -99,7 +103,8 @@ def training_summary(ckpt: Path) -> dict | None:
     if not found.is_file():
         return None
     m = json.loads(found.read_text())
-    keys = ("model", "weights", "strategy", "phases", "dataset", "dataset_sizes", "epochs", "best_epoch", "best_val_acc")
+    keys = ("model", "weights", "strategy", "phases", "dataset", "dataset_sizes", "epochs", "best_epoch")
+    keys += ("best_val_acc",)
     summary = {k: m.get(k) for k in keys}
     summary["test"] = m.get("test")
     summary["test_checkpoint"] = m.get("checkpoint")  # the test metrics are of this checkpoint

@@ -95,9 +95,8 @@ def reliability_figure(before: list[dict], ece_before: float, after: list[dict] 
     )
     if after is not None:
         shown = [(c, b["accuracy"]) for c, b in zip(centres, after, strict=True) if b["count"]]
-        ax.plot(
-            [c for c, _ in shown], [a for _, a in shown], "o-", color="C3", label=f"temperature-scaled (ECE {ece_after:.3f})"
-        )
+        label = f"temperature-scaled (ECE {ece_after:.3f})"
+        ax.plot([c for c, _ in shown], [a for _, a in shown], "o-", color="C3", label=label)
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy", title="reliability")
     ax.legend(loc="upper left", fontsize=8)

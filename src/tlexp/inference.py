@@ -7,6 +7,7 @@ an exported file in the sidecar JSON written next to it (`model.onnx` -> `model.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +44,12 @@ def load_trained(path: Path | str):
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist. Point ckpt= at <run>/checkpoints/best-*.ckpt or last.ckpt.")
+        raise ConfigError(
+            f"checkpoint {path} does not exist. Point ckpt= at <run>/checkpoints/best-*.ckpt or last.ckpt."
+        )
     try:
         module = load_module(str(path))
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - torch.load of a wrong file fails in many ways (pickle, zip, keys)
         raise ConfigError(
             f"{path} is not a tlexp checkpoint ({type(err).__name__}: {str(err)[:200]}). Use a .ckpt file written "
             "by `python -m tlexp.train` (under <run>/checkpoints/)."
@@ -66,7 +69,9 @@ def load_classifier(path: Path | str) -> Classifier:
 
         return Classifier(forward, list(module.class_names), module.eval_preprocessing(), "checkpoint")
     if suffix not in (ONNX, TORCHSCRIPT):
-        raise ConfigError(f"{path}: unknown model file type '{suffix}'. Use a .ckpt checkpoint, or a .onnx / .pt export.")
+        raise ConfigError(
+            f"{path}: unknown model file type '{suffix}'. Use a .ckpt checkpoint, or a .onnx / .pt export."
+        )
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist.")
     card_file = sidecar_path(path)
@@ -95,7 +100,9 @@ def _onnx_forward(path: Path, input_name: str):
 
 
 def _torchscript_forward(path: Path):
-    model = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():  # torch.jit is deprecated for new work, still fine for loading (see export.py)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.")
+        model = torch.jit.load(str(path), map_location="cpu").eval()
 
     @torch.inference_mode()
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,9 @@ def find_inputs(spec: str) -> list[Path]:
     elif glob.has_magic(spec):
         found = [Path(p) for p in glob.glob(str(Path(spec).expanduser()), recursive=True) if Path(p).is_file()]
     else:
-        raise ConfigError(f"input={spec}: no such file or folder. Give an image, a folder, or a glob like 'photos/*.jpg'.")
+        raise ConfigError(
+            f"input={spec}: no such file or folder. Give an image, a folder, or a glob like 'photos/*.jpg'."
+        )
     if not found:
         raise ConfigError(
             f"input={spec}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}). "
@@ -81,9 +83,8 @@ def predict(
 ) -> list[dict]:
     """One record per path, in order: {path, labels, probs} or {path, error}."""
     k = max(1, min(int(top_k), len(classifier.class_names)))
-    loader = DataLoader(
-        _Decoded(paths, classifier.transform()), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_as_list
-    )
+    data = _Decoded(paths, classifier.transform())
+    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_as_list)
     records: list[dict | None] = [None] * len(paths)
     with tqdm(total=len(paths), unit="img", disable=not progress, desc="predict") as bar:
         for batch in loader:
@@ -132,7 +133,7 @@ def run(cfg) -> list[dict]:
     records = predict(classifier, paths, k, cfg.tta, cfg.batch_size, cfg.num_workers, cfg.progress)
     csv_path, jsonl_path = write(records, Path(cfg.out).expanduser(), k)
     failed = [r for r in records if "error" in r]
-    print(f"\n  labelled  {len(records) - len(failed)} of {len(records)} images with a {classifier.kind} model")
+    print(f"\n  labelled  {len(records) - len(failed)} of {len(records)} images ({classifier.kind}: {cfg.ckpt})")
     if failed:
         print(f"  unreadable {len(failed)} (listed with their error in the CSV):")
         for r in failed[:10]:

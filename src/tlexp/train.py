@@ -112,7 +112,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     )
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     report = cfg.report
-    preview = [TrainBatchPreview(out / "train_batch.png", report.train_batch_preview)] if report.train_batch_preview else []
+    shown = report.train_batch_preview
+    preview = [TrainBatchPreview(out / "train_batch.png", shown)] if shown else []
     trainer = L.Trainer(
         **_plain(cfg.trainer),
         max_epochs=schedule.total_epochs,
