@@ -7,8 +7,10 @@ Written to `<run>/evaluation/` after test, or on demand for any checkpoint:
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -28,12 +30,16 @@ BINS = 15
 
 
 @torch.no_grad()  # not inference_mode: temperature fitting needs autograd on these logits
-def collect_logits(module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a whole loader, in loader order, with the module in eval mode."""
+def collect_logits(module, loader, device=None, limit: float | int = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a loader, in loader order, with the module in eval mode on `device`.
+
+    `limit` reads like Lightning's `limit_test_batches`: a count of batches (int) or a fraction (float).
+    """
+    batches = limit if isinstance(limit, int) else math.ceil(float(limit) * len(loader))
     was_training = module.training
-    module.eval()
+    module.eval().to(device or module.device)
     logits, labels = [], []
-    for x, y in loader:
+    for x, y in itertools.islice(loader, batches):
         logits.append(module(x.to(module.device)).float().cpu())
         labels.append(y)
     module.train(was_training)
@@ -105,12 +111,19 @@ def evaluate(
     split: str = "test",
     temperature: bool = True,
     top_loss_count: int = 16,
+    device=None,
+    limits: dict | None = None,
 ) -> dict:
-    """Write the report files for `split` into `out`; returns the summary also written to `summary.json`."""
+    """Write the report files for `split` into `out`; returns the summary also written to `summary.json`.
+
+    `limits` ({split: batches or fraction}) keeps the report on the same batches as the trainer's test (smoke runs).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = datamodule.class_names
-    logits, labels = collect_logits(module, datamodule._loader(split, train=False))  # unshuffled, un-augmented
+    logits, labels = collect_logits(
+        module, datamodule._loader(split, train=False), device, (limits or {}).get(split, 1.0)
+    )  # unshuffled, un-augmented
     probs = logits.softmax(dim=1)
     predicted = probs.argmax(dim=1)
     matrix = confusion_matrix(labels, predicted, len(names))
@@ -142,7 +155,9 @@ def evaluate(
     scaled_bins = None
     if temperature and split != "val":
         # Fitted on val, judged on the evaluated split: the test set never tunes anything.
-        val_logits, val_labels = collect_logits(module, datamodule._loader("val", train=False))
+        val_logits, val_labels = collect_logits(
+            module, datamodule._loader("val", train=False), device, (limits or {}).get("val", 1.0)
+        )
         t = calibration.fit_temperature(val_logits, val_labels)
         scaled = F.softmax(logits / t, dim=1)
         scaled_bins = calibration.reliability_bins(scaled, labels, BINS)

@@ -28,17 +28,17 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Figure:
     fig = Figure(figsize=(2 * side + 1.5, side), layout="constrained")
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
-    for ax, values, title, fmt in (
-        (fig.add_subplot(1, 2, 1), matrix, "counts", "d"),
-        (fig.add_subplot(1, 2, 2), normalised, "row-normalised (recall on the diagonal)", ".2f"),
+    for ax, values, title, fmt, top in (
+        (fig.add_subplot(1, 2, 1), matrix, "counts", "d", None),
+        (fig.add_subplot(1, 2, 2), normalised, "row-normalised (recall on the diagonal)", ".2f", 1.0),
     ):
-        image = ax.imshow(values, cmap="Blues", vmin=0)
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         ax.set(title=title, xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
         ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=8)
         ax.set_yticklabels(class_names, fontsize=8)
         if n <= 30:  # numbers stop being readable beyond that
-            top = values.max() if values.size else 0
+            top = top or (values.max() if values.size else 0)
             for i in range(n):
                 for j in range(n):
                     colour = "white" if top and values[i, j] > top / 2 else "black"

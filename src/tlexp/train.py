@@ -132,7 +132,15 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     evaluation = None
     if report.enabled:  # the module holds the best checkpoint's weights since trainer.test(ckpt_path=best)
         evaluation = evaluate(
-            module, datamodule, out / "evaluation", logger.experiment, "test", report.temperature, report.top_losses
+            module,
+            datamodule,
+            out / "evaluation",
+            logger.experiment,
+            "test",
+            report.temperature,
+            report.top_losses,
+            device=trainer.strategy.root_device,  # Lightning hands the module back on the CPU after test
+            limits={"test": trainer.limit_test_batches, "val": trainer.limit_val_batches},
         )
         evaluation = {k: v for k, v in evaluation.items() if k != "reliability_bins"}
 
