@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise tensorboard lint clean
+.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise tensorboard evaluate predict export lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,15 @@ advise: ## which strategy auto would pick for a dataset (python -m tlexp.advise 
 
 tensorboard: ## TensorBoard over every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
+
+evaluate: ## evaluation report for a checkpoint: make evaluate ARGS="ckpt=<run>/checkpoints/last.ckpt"
+	$(PY) -m tlexp.evaluate $(ARGS)
+
+predict: ## label new images: make predict ARGS="ckpt=<file> input=<file|folder|glob>"
+	$(PY) -m tlexp.predict $(ARGS)
+
+export: ## ONNX / TorchScript + model card: make export ARGS="ckpt=<file> format=onnx"
+	$(PY) -m tlexp.export $(ARGS)
 
 lint: ## ruff
 	$(VENV)/bin/ruff check src tests

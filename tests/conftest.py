@@ -40,6 +40,8 @@ def tiny_cfg(tmp_path, tiny_weights):
             "data.batch_size=16",
             "data.num_workers=0",
             "trainer.enable_progress_bar=false",
+            "report.enabled=false",  # the report has its own tests (test_after_training.py); skip its cost here
+            "report.train_batch_preview=0",
             f"output_dir={tmp_path / 'run'}",
             *overrides,
         )

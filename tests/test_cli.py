@@ -43,6 +43,7 @@ def test_multirun_sweeps_the_four_strategies(tmp_path, tiny_weights):
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["strategy"] == strategy and "acc" in metrics["test"]
         assert (run / ".hydra" / "config.yaml").is_file()
+        assert (run / "evaluation" / "summary.json").is_file() and (run / "train_batch.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ class TransferModule(L.LightningModule):
         momentum: float = 0.9,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        preprocessing: dict | None = None,
         backbone: nn.Module | None = None,
     ):
         super().__init__()
@@ -151,6 +152,19 @@ class TransferModule(L.LightningModule):
 
     def data_config(self):
         return data_config(self.backbone)
+
+    def eval_preprocessing(self) -> dict:
+        """What predict/export feed the model: the preprocessing saved at training, else the backbone's own."""
+        if self.hparams.get("preprocessing"):
+            return dict(self.hparams.preprocessing)
+        native = self.data_config()
+        return {
+            "image_size": self.hparams.get("image_size") or native.input_size,
+            "mean": list(native.mean),
+            "std": list(native.std),
+            "interpolation": native.interpolation,
+            "crop_pct": native.crop_pct,
+        }
 
     # ------------------------------------------------------------ training
 

@@ -20,10 +20,12 @@ from . import auto
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
+from .evaluate import evaluate
 from .guards import StopOnNonFinite
 from .history import EpochHistory
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
+from .preview import TrainBatchPreview
 from .resume import LAST, RUN_CONFIG, RunState, check_resume_overrides, resume_config
 
 log = logging.getLogger("tlexp")
@@ -128,6 +130,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         momentum=cfg.optimizer.get("momentum", 0.9),
         label_smoothing=cfg.optimizer.get("label_smoothing", 0.0),
         class_weights=datamodule.loss_weights(),
+        preprocessing=pre,  # saved in the checkpoint: predict/export need nothing else
         backbone=backbone,
     )
 
@@ -142,10 +145,13 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     every_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename=last.stem, enable_version_counter=False)
     guards = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last)]
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    report = cfg.report
+    shown = report.train_batch_preview
+    preview = [TrainBatchPreview(out / "train_batch.png", shown)] if shown else []
     trainer = L.Trainer(
         **_plain(cfg.trainer),
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, checkpoints, curves, *guards, *(callbacks or [])],
+        callbacks=[schedule, checkpoints, curves, *guards, *preview, *(callbacks or [])],
         logger=logger,
         default_root_dir=str(out),
     )
@@ -161,6 +167,20 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test_seconds = time.perf_counter() - started
+    evaluation = None
+    if report.enabled:  # the module holds the best checkpoint's weights since trainer.test(ckpt_path=best)
+        evaluation = evaluate(
+            module,
+            datamodule,
+            out / "evaluation",
+            logger.experiment,
+            "test",
+            report.temperature,
+            report.top_losses,
+            device=trainer.strategy.root_device,  # Lightning hands the module back on the CPU after test
+            limits={"test": trainer.limit_test_batches, "val": trainer.limit_val_batches},
+        )
+        evaluation = {k: v for k, v in evaluation.items() if k != "reliability_bins"}
 
     metrics = {
         "model": cfg.model.name,
@@ -188,6 +208,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "history": epochs,
         "phase_history": history,
         "data_checks": datamodule.report(),  # skipped/broken files, leaks removed, class counts, imbalance
+        "evaluation": evaluation,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {
@@ -197,7 +218,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "seed": cfg.seed,
         **{f"lr/{p.name}": max(p.lr.values()) for p in phases},
     }
-    logger.log_hyperparams(hparams, {f"hparams/test_{k}": v for k, v in metrics["test"].items()})
+    final = {f"hparams/test_{k}": v for k, v in metrics["test"].items()}
+    if evaluation:
+        final["hparams/test_ece"] = evaluation["ece"]
+    logger.log_hyperparams(hparams, final)
     print_summary(metrics, out)
     return metrics
 

@@ -1,0 +1,240 @@
+"""The evaluation report: confusion matrix, per-class report, top losses, calibration.
+
+Written to `<run>/evaluation/` after test, or on demand for any checkpoint:
+    python -m tlexp.evaluate ckpt=<file.ckpt> [dataset=<name> dataset.root=...] [split=test] [out=<dir>]
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from . import calibration, figures
+from .cli import parse_args, run_dir_of
+from .data import TransferDataModule
+from .errors import ConfigError, DataError, exit_on_user_error
+from .inference import load_trained
+
+log = logging.getLogger("tlexp")
+BINS = 15
+
+
+@torch.no_grad()  # not inference_mode: temperature fitting needs autograd on these logits
+def collect_logits(module, loader, device=None, limit: float | int = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a loader, in loader order, with the module in eval mode on `device`.
+
+    `limit` reads like Lightning's `limit_test_batches`: a count of batches (int) or a fraction (float).
+    """
+    batches = limit if isinstance(limit, int) else math.ceil(float(limit) * len(loader))
+    was_training = module.training
+    module.eval().to(device or module.device)
+    logits, labels = [], []
+    for x, y in itertools.islice(loader, batches):
+        logits.append(module(x.to(module.device)).float().cpu())
+        labels.append(y)
+    module.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> np.ndarray:
+    flat = labels.numpy() * num_classes + predicted.numpy()
+    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def per_class_report(matrix: np.ndarray, class_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support per class, then macro and support-weighted averages."""
+    tp = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    rows = [
+        {"class": name, "precision": p, "recall": r, "f1": f, "support": int(s)}
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
+    ]
+    weights = support / max(1, support.sum())
+    for name, w in (("macro avg", np.full(len(tp), 1 / len(tp))), ("weighted avg", weights)):
+        rows.append(
+            {
+                "class": name,
+                "precision": float(precision @ w),
+                "recall": float(recall @ w),
+                "f1": float(f1 @ w),
+                "support": int(support.sum()),
+            }
+        )
+    return rows
+
+
+def write_report(rows: list[dict], accuracy: float, out: Path) -> None:
+    with open(out / "classification_report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
+        writer.writeheader()
+        writer.writerows({**r, **{k: f"{r[k]:.4f}" for k in ("precision", "recall", "f1")}} for r in rows)
+    lines = [
+        f"accuracy: {accuracy:.4f} on {rows[-1]['support']} images",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows
+    ]
+    (out / "classification_report.md").write_text("\n".join(lines) + "\n")
+
+
+def top_losses(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list[int]:
+    """Indices of the most confidently wrong predictions (highest probability on a wrong class) first."""
+    confidence, predicted = probs.max(dim=1)
+    wrong = torch.nonzero(predicted != labels).flatten()
+    order = confidence[wrong].argsort(descending=True)
+    return wrong[order][:count].tolist()
+
+
+def evaluate(
+    module,
+    datamodule: TransferDataModule,
+    out: Path,
+    tensorboard=None,
+    split: str = "test",
+    temperature: bool = True,
+    top_loss_count: int = 16,
+    device=None,
+    limits: dict | None = None,
+) -> dict:
+    """Write the report files for `split` into `out`; returns the summary also written to `summary.json`.
+
+    `limits` ({split: batches or fraction}) keeps the report on the same batches as the trainer's test (smoke runs).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = datamodule.class_names
+    logits, labels = collect_logits(
+        module, datamodule._loader(split, train=False), device, (limits or {}).get(split, 1.0)
+    )  # unshuffled, un-augmented
+    probs = logits.softmax(dim=1)
+    predicted = probs.argmax(dim=1)
+    matrix = confusion_matrix(labels, predicted, len(names))
+    accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
+    rows = per_class_report(matrix, names)
+    write_report(rows, accuracy, out)
+    figures.save(figures.confusion_figure(matrix, names), out / "confusion_matrix.png", tensorboard, "eval/confusion")
+
+    worst = top_losses(probs, labels, top_loss_count)
+    if worst:
+        images = datamodule.splits[split]
+        captions = [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in worst]
+        title = f"most confidently wrong ({split})"
+        grid = figures.grid_figure([images.image(i) for i in worst], captions, title=title)
+        figures.save(grid, out / "top_losses.png", tensorboard, "eval/top_losses")
+
+    bins = calibration.reliability_bins(probs, labels, BINS)
+    ece = calibration.expected_calibration_error(probs, labels, BINS)
+    summary = {
+        "split": split,
+        "images": int(len(labels)),
+        "accuracy": accuracy,
+        "macro_f1": rows[-2]["f1"],
+        "ece": ece,
+        "nll": calibration.nll(logits, labels),
+        "misclassified": int((predicted != labels).sum()),
+        "worst_classes_by_recall": [r["class"] for r in sorted(rows[: len(names)], key=lambda r: r["recall"])[:3]],
+    }
+    scaled_bins = None
+    if temperature and split != "val":
+        # Fitted on val, judged on the evaluated split: the test set never tunes anything.
+        val_logits, val_labels = collect_logits(
+            module, datamodule._loader("val", train=False), device, (limits or {}).get("val", 1.0)
+        )
+        t = calibration.fit_temperature(val_logits, val_labels)
+        scaled = F.softmax(logits / t, dim=1)
+        scaled_bins = calibration.reliability_bins(scaled, labels, BINS)
+        summary.update(
+            temperature=t,
+            ece_scaled=calibration.expected_calibration_error(scaled, labels, BINS),
+            nll_scaled=calibration.nll(logits, labels, t),
+        )
+    fig = figures.reliability_figure(bins, ece, scaled_bins, summary.get("ece_scaled"))
+    figures.save(fig, out / "reliability.png", tensorboard, "eval/reliability")
+    summary["reliability_bins"] = bins
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def describe(summary: dict, out: Path) -> str:
+    lines = [
+        f"  {summary['split']} images      {summary['images']} ({summary['misclassified']} wrong)",
+        f"  accuracy         {summary['accuracy']:.4f}   macro F1 {summary['macro_f1']:.4f}",
+        f"  ECE ({BINS} bins)    {summary['ece']:.4f}   NLL {summary['nll']:.4f}",
+    ]
+    if "temperature" in summary:
+        lines.append(
+            f"  temperature {summary['temperature']:.3f} (fitted on val): "
+            f"ECE {summary['ece_scaled']:.4f}, NLL {summary['nll_scaled']:.4f}"
+        )
+    lines.append(f"  weakest classes  {', '.join(summary['worst_classes_by_recall'])}")
+    lines.append(f"  report           {out}")
+    return "\n".join(lines)
+
+
+def dataset_config(cfg, ckpt: Path) -> dict:
+    """The dataset asked for on the command line, else the one the checkpoint's run was trained on."""
+    if cfg.get("dataset") is not None:
+        return OmegaConf.to_container(cfg.dataset, resolve=True)
+    saved = run_dir_of(ckpt) / ".hydra" / "config.yaml"
+    if saved.is_file():
+        return OmegaConf.to_container(OmegaConf.load(saved).dataset, resolve=True)
+    raise ConfigError(
+        f"no dataset given and no run config at {saved}. Say which images to evaluate on, e.g. "
+        "`dataset=fashion_mnist` or `dataset=imagefolder dataset.root=/path/to/images`."
+    )
+
+
+def run(cfg) -> dict:
+    ckpt = Path(cfg.ckpt).expanduser()
+    module = load_trained(ckpt)
+    pre = module.eval_preprocessing()
+    datamodule = TransferDataModule(
+        dataset=dataset_config(cfg, ckpt),
+        image_size=pre["image_size"],
+        mean=pre["mean"],
+        std=pre["std"],
+        interpolation=pre["interpolation"],
+        crop_pct=pre["crop_pct"],
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+    )
+    datamodule.setup()
+    if datamodule.class_names != module.class_names:
+        raise DataError(
+            f"the checkpoint was trained on classes {module.class_names}, but the dataset has "
+            f"{datamodule.class_names}. Evaluate on a dataset with the same class folders."
+        )
+    if cfg.split not in ("train", "val", "test"):
+        raise ConfigError(f"split={cfg.split}: choose train, val or test.")
+    out = Path(cfg.out) if cfg.get("out") else run_dir_of(ckpt) / f"evaluation_{datamodule.cfg['name']}_{ckpt.stem}"
+    summary = evaluate(module, datamodule, out, None, cfg.split, cfg.report.temperature, cfg.report.top_losses)
+    print("\n" + describe(summary, out) + "\n", flush=True)
+    return summary
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(parse_args(sys.argv[1:] if argv is None else argv, "evaluate", __doc__))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Load a trained model for inference: a Lightning checkpoint, an ONNX file or a TorchScript file.
+
+Each comes with its class names and preprocessing: a checkpoint holds them in its hyperparameters,
+an exported file in the sidecar JSON written next to it (`model.onnx` -> `model.onnx.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data.transforms import eval_transform
+from .errors import ConfigError
+
+CHECKPOINT, ONNX, TORCHSCRIPT = ".ckpt", ".onnx", ".pt"
+
+
+@dataclass
+class Classifier:
+    """A normalised image batch -> logits function, with what it needs around it."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    class_names: list[str]
+    preprocessing: dict  # image_size, mean, std, interpolation, crop_pct
+    kind: str
+
+    def transform(self):
+        p = self.preprocessing
+        return eval_transform(p["image_size"], p["mean"], p["std"], p["interpolation"], p["crop_pct"])
+
+
+def sidecar_path(model_file: Path) -> Path:
+    return Path(f"{model_file}.json")
+
+
+def load_trained(path: Path | str):
+    """A TransferModule from a tlexp checkpoint, in eval mode on the CPU; one clear error when it is not one."""
+    from .module import load_module  # here, not at the top: ONNX/TorchScript users need no timm model code
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"checkpoint {path} does not exist. Point ckpt= at <run>/checkpoints/best-*.ckpt or last.ckpt."
+        )
+    try:
+        module = load_module(str(path))
+    except Exception as err:  # noqa: BLE001 - torch.load of a wrong file fails in many ways (pickle, zip, keys)
+        raise ConfigError(
+            f"{path} is not a tlexp checkpoint ({type(err).__name__}: {str(err)[:200]}). Use a .ckpt file written "
+            "by `python -m tlexp.train` (under <run>/checkpoints/)."
+        ) from err
+    return module.eval()
+
+
+def load_classifier(path: Path | str) -> Classifier:
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == CHECKPOINT:
+        module = load_trained(path)
+
+        @torch.inference_mode()
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return module(x)
+
+        return Classifier(forward, list(module.class_names), module.eval_preprocessing(), "checkpoint")
+    if suffix not in (ONNX, TORCHSCRIPT):
+        raise ConfigError(
+            f"{path}: unknown model file type '{suffix}'. Use a .ckpt checkpoint, or a .onnx / .pt export."
+        )
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist.")
+    card_file = sidecar_path(path)
+    if not card_file.is_file():
+        raise ConfigError(
+            f"{path} has no sidecar {card_file.name} next to it; it holds the class names and preprocessing. "
+            "Copy it along with the model, or export again with `python -m tlexp.export`."
+        )
+    card = json.loads(card_file.read_text())
+    if suffix == ONNX:
+        forward = _onnx_forward(path, card["input_name"])
+    else:
+        forward = _torchscript_forward(path)
+    return Classifier(forward, card["class_names"], card["preprocessing"], suffix.lstrip("."))
+
+
+def _onnx_forward(path: Path, input_name: str):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {input_name: x.float().contiguous().numpy()})[0])
+
+    return forward
+
+
+def _torchscript_forward(path: Path):
+    with warnings.catch_warnings():  # torch.jit is deprecated for new work, still fine for loading (see export.py)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.")
+        model = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @torch.inference_mode()
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    return forward
