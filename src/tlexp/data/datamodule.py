@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import ConfigError
+from .batch_augment import BatchAugment
 from .images import ImageSet, TransformedImages
 from .sources import Source, load_source
 from .splits import holdout, subsample
@@ -31,6 +33,7 @@ class TransferDataModule(L.LightningDataModule):
         augment: dict | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
+        augment_on: str = "cpu",
     ):
         super().__init__()
         self.cfg = dict(dataset)
@@ -38,6 +41,11 @@ class TransferDataModule(L.LightningDataModule):
         self.interpolation, self.crop_pct = interpolation, float(crop_pct)
         self.augment = dict(augment or {})
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        if augment_on not in ("cpu", "device"):
+            raise ConfigError(f"data.augment_on must be cpu or device, got '{augment_on}'.")
+        # device: loaders yield uint8 crops; flip/rotation/jitter/normalise run per batch after the transfer.
+        self.on_device = augment_on == "device"
+        self.batch_augment = BatchAugment(self.mean, self.std, self.augment) if self.on_device else None
         self.source: Source | None = None
         self.splits: dict[str, ImageSet] = {}
 
@@ -72,11 +80,17 @@ class TransferDataModule(L.LightningDataModule):
 
     @property
     def train_transform(self):
-        return train_transform(self.image_size, self.mean, self.std, self.interpolation, self.augment)
+        return train_transform(self.image_size, self.mean, self.std, self.interpolation, self.augment, self.on_device)
 
     @property
     def eval_transform(self):
-        return eval_transform(self.image_size, self.mean, self.std, self.interpolation, self.crop_pct)
+        return eval_transform(self.image_size, self.mean, self.std, self.interpolation, self.crop_pct, self.on_device)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.batch_augment is None:
+            return batch
+        x, *rest = batch
+        return [self.batch_augment(x, train=self.trainer is not None and self.trainer.training), *rest]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         self.setup()
@@ -89,7 +103,7 @@ class TransferDataModule(L.LightningDataModule):
             drop_last=train and len(data) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: faster, asynchronous copies to the GPU
         )
 
     def train_dataloader(self) -> DataLoader:
