@@ -297,10 +297,10 @@ def main(argv=None) -> int:
         # resnet*: no hub here and throughput does not depend on weight values: random init unless a file is given
         args.random_weights = not model.startswith("efficientnet_lite") and args.weights is None
         results.append(run_model(args, model))
+        report = {"machine": machine(), "args": vars(args), "results": results}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))  # after each model: a long run keeps its figures
     print_table(results, args)
-    report = {"machine": machine(), "args": vars(args), "results": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"machine: {report['machine']}\nwritten: {args.json}")
     return 0
 
