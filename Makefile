@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise tensorboard evaluate predict export lint clean
+.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu tensorboard evaluate predict export lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,12 @@ compare: ## strategies x seeds side by side, then the report (python -m tlexp.co
 
 advise: ## which strategy auto would pick for a dataset (python -m tlexp.advise $(ARGS))
 	$(PY) -m tlexp.advise $(ARGS)
+
+bench: ## throughput vs the compute bound and vs a plain PyTorch loop (CPU, a few minutes): $(ARGS)
+	$(PY) benchmarks/throughput.py $(ARGS)
+
+bench-gpu: ## the GPU recipe: resnet50, 224 px, bf16, channels_last, batch 256, with and without compile
+	PY=$(PY) bash benchmarks/gpu.sh
 
 tensorboard: ## TensorBoard over every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from . import auto
+from .accel import prepare_backbone, resolve_channels_last, resolve_precision
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
@@ -60,6 +61,11 @@ def check_config(cfg: DictConfig) -> None:
         check_strategy(strategy)
     if not float(cfg.get("epoch_scale", 1.0)) > 0:
         raise ConfigError(f"epoch_scale must be > 0, got {cfg.epoch_scale}.")
+    if str(cfg.get("optimize_metric", "best_val_acc")).startswith("test"):
+        raise ConfigError(
+            f"optimize_metric={cfg.optimize_metric}: a sweep must select on validation, never on the test set. "
+            "Use best_val_acc (the default)."
+        )
     if strategy.get("pretrained", True) and str(cfg.model.weights).lower() in ("none", "random", "null"):
         raise ConfigError(
             f"strategy '{strategy['name']}' starts from pretrained weights, but model.weights={cfg.model.weights}. "
@@ -111,6 +117,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         background=tuple(cfg.data.background),
         drop_leaks=cfg.data.drop_leaks,
         preflight_cache=cfg.data.preflight_cache,
+        augment_on=cfg.data.get("augment_on", "cpu"),
     )
     datamodule.setup()
     decision = None
@@ -134,6 +141,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         backbone=backbone,
     )
 
+    trainer_args = _plain(cfg.trainer)
+    trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "32-true"), trainer_args["accelerator"])
+    channels_last = resolve_channels_last(cfg.get("channels_last", False), trainer_args["accelerator"], backbone)
+    prepare_backbone(module.backbone, channels_last, bool(cfg.get("compile", False)))
+
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
     curves = EpochHistory(schedule.phase_index)
     checkpoints = ModelCheckpoint(
@@ -149,7 +161,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     shown = report.train_batch_preview
     preview = [TrainBatchPreview(out / "train_batch.png", shown)] if shown else []
     trainer = L.Trainer(
-        **_plain(cfg.trainer),
+        **trainer_args,
         max_epochs=schedule.total_epochs,
         callbacks=[schedule, checkpoints, curves, *guards, *preview, *(callbacks or [])],
         logger=logger,
@@ -193,6 +205,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "num_classes": datamodule.num_classes,
         "class_names": datamodule.class_names,
         "preprocessing": pre,
+        "precision": str(trainer_args["precision"]),
+        "channels_last": channels_last,
+        "compile": bool(cfg.get("compile", False)),
         "seed": cfg.seed,
         "epochs": schedule.total_epochs,
         "best_epoch": _best_epoch(best),
@@ -259,6 +274,14 @@ def print_summary(metrics: dict, out: Path) -> None:
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n", flush=True)
 
 
+def objective(cfg: DictConfig, metrics: dict) -> float | None:
+    """The value a Hydra sweeper optimises: `optimize_metric`, a key of metrics.json (dotted for nested ones)."""
+    value = metrics
+    for key in str(cfg.get("optimize_metric", "best_val_acc")).split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return None if value is None else float(value)
+
+
 def _in_sweep() -> bool:
     from hydra.types import RunMode
 
@@ -272,7 +295,7 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
     total = os.environ.get("TLEXP_SWEEP_TOTAL")
     print(f"\n=== run {job.num + 1}{f' of {total}' if total else ''}: {job.override_dirname} ===", flush=True)
     try:
-        return train(cfg)["test"].get("acc")
+        return objective(cfg, train(cfg))
     except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, not raised
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +311,7 @@ def main(cfg: DictConfig) -> float | None:
         exit_on_user_error(check_resume_overrides)(list(HydraConfig.get().overrides.task))
     if _in_sweep():
         return train_in_sweep(cfg)
-    return exit_on_user_error(train)(cfg)["test"].get("acc")
+    return objective(cfg, exit_on_user_error(train)(cfg))
 
 
 if __name__ == "__main__":

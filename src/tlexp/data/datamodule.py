@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError, DataError
 from .balance import BALANCE, balanced_sampler, class_weights, imbalance_ratio
 from .balance import class_counts as _counts
+from .batch_augment import BatchAugment
 from .duplicates import drop_leaks, duplicate_groups
 from .images import ImageFiles, ImageSet, TransformedImages
 from .preflight import Probe, preflight
@@ -45,6 +46,7 @@ class TransferDataModule(L.LightningDataModule):
         drop_leaks: bool = True,
         preflight_cache: str | None = "~/.cache/tlexp/preflight",
         strict: bool = True,
+        augment_on: str = "cpu",
     ):
         super().__init__()
         self.cfg = dict(dataset)
@@ -58,6 +60,11 @@ class TransferDataModule(L.LightningDataModule):
             raise ConfigError(f"data.balance={balance}: choose one of {', '.join(BALANCE)}.")
         self.on_bad_image, self.balance, self.background = on_bad_image, balance, tuple(background)
         self.drop_leaks, self.preflight_cache, self.strict = bool(drop_leaks), preflight_cache, bool(strict)
+        if augment_on not in ("cpu", "device"):
+            raise ConfigError(f"data.augment_on must be cpu or device, got '{augment_on}'.")
+        # device: loaders yield uint8 crops; flip/rotation/jitter/normalise run per batch after the transfer.
+        self.on_device = augment_on == "device"
+        self.batch_augment = BatchAugment(self.mean, self.std, self.augment) if self.on_device else None
         self.source: Source | None = None
         self.splits: dict[str, ImageSet] = {}
         self.probes: dict[str, Probe] = {}  # pre-flight verdict per file (file sources only)
@@ -168,11 +175,17 @@ class TransferDataModule(L.LightningDataModule):
 
     @property
     def train_transform(self):
-        return train_transform(self.image_size, self.mean, self.std, self.interpolation, self.augment)
+        return train_transform(self.image_size, self.mean, self.std, self.interpolation, self.augment, self.on_device)
 
     @property
     def eval_transform(self):
-        return eval_transform(self.image_size, self.mean, self.std, self.interpolation, self.crop_pct)
+        return eval_transform(self.image_size, self.mean, self.std, self.interpolation, self.crop_pct, self.on_device)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.batch_augment is None:
+            return batch
+        x, *rest = batch
+        return [self.batch_augment(x, train=self.trainer is not None and self.trainer.training), *rest]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         self.setup()
@@ -192,7 +205,7 @@ class TransferDataModule(L.LightningDataModule):
             drop_last=train and len(data) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: faster, asynchronous copies to the GPU
         )
 
     # ------------------------------------------------------------ balance and the record

@@ -16,12 +16,17 @@ def interpolation_mode(name: str) -> InterpolationMode:
     return _INTERPOLATION.get(name, InterpolationMode.BILINEAR)
 
 
-def train_transform(size: int, mean, std, interpolation: str, aug: dict) -> v2.Compose:
-    """RandomResizedCrop, horizontal flip, rotation, ColorJitter, normalisation; each set by `aug`."""
+def train_transform(size: int, mean, std, interpolation: str, aug: dict, on_device: bool = False) -> v2.Compose:
+    """RandomResizedCrop, horizontal flip, rotation, ColorJitter, normalisation; each set by `aug`.
+
+    `on_device`: only the crop (uint8 out); `batch_augment.BatchAugment` does the rest on the training device.
+    """
     crop = v2.RandomResizedCrop(
         size, scale=(aug.get("scale_min", 0.08), 1.0), interpolation=interpolation_mode(interpolation), antialias=True
     )
     steps = [v2.ToImage(), crop]
+    if on_device:
+        return v2.Compose(steps)
     hflip = aug.get("hflip", 0.5)
     if hflip:
         steps.append(v2.RandomHorizontalFlip(hflip))
@@ -34,15 +39,11 @@ def train_transform(size: int, mean, std, interpolation: str, aug: dict) -> v2.C
     return v2.Compose(steps)
 
 
-def eval_transform(size: int, mean, std, interpolation: str, crop_pct: float) -> v2.Compose:
-    """Resize to size / crop_pct, centre-crop to size, normalise (timm's eval recipe)."""
+def eval_transform(size: int, mean, std, interpolation: str, crop_pct: float, on_device: bool = False) -> v2.Compose:
+    """Resize to size / crop_pct, centre-crop to size, normalise (timm's eval recipe); `on_device`: uint8 out."""
     resize = int(round(size / crop_pct))
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize, interpolation=interpolation_mode(interpolation), antialias=True),
-            v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
+    steps = [v2.ToImage(), v2.Resize(resize, interpolation=interpolation_mode(interpolation), antialias=True)]
+    steps.append(v2.CenterCrop(size))
+    if not on_device:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)

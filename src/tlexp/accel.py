@@ -1,0 +1,79 @@
+"""Speed options that depend on the machine: precision `auto`, channels_last, torch.compile of the backbone."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+
+
+def on_gpu(accelerator: str, cuda_available: bool | None = None) -> bool:
+    """Whether a Trainer with this accelerator will run on a CUDA GPU."""
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    return cuda and str(accelerator) in GPU_ACCELERATORS
+
+
+def resolve_precision(
+    precision, accelerator: str, cuda_available: bool | None = None, bf16_supported: bool | None = None
+) -> str:
+    """`auto` -> bf16-mixed on a GPU that supports bf16 (Ampere and later), 16-mixed on older GPUs, 32-true on CPU.
+
+    YAML cannot probe the GPU, so trainer configs say `precision: auto` and this decides at run time.
+    Any other value goes to Lightning unchanged.
+    """
+    if str(precision) != "auto":
+        return precision
+    if not on_gpu(accelerator, cuda_available):
+        return "32-true"  # mixed precision on CPU is slower than fp32 on most CPUs
+    bf16 = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+    return "bf16-mixed" if bf16 else "16-mixed"
+
+
+def is_cnn(model: nn.Module) -> bool:
+    """More than one 2-d convolution: ResNet, EfficientNet, ConvNeXt; not ViT (one conv, its patch embedding)."""
+    convs = 0
+    for module in model.modules():
+        convs += isinstance(module, nn.Conv2d)
+        if convs > 1:
+            return True
+    return False
+
+
+def resolve_channels_last(option, accelerator: str, backbone: nn.Module, cuda_available: bool | None = None) -> bool:
+    """`auto` -> on for CNNs on a GPU (tensor cores want NHWC); true/false as given."""
+    if str(option).lower() == "auto":
+        return on_gpu(accelerator, cuda_available) and is_cnn(backbone)
+    if isinstance(option, bool):
+        return option
+    raise ConfigError(f"channels_last must be true, false or auto, got {option!r}.")
+
+
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
+
+
+def apply_channels_last(backbone: nn.Module) -> None:
+    """NHWC weights, and a forward pre-hook that turns each input batch NHWC (Lightning keeps the format on .to())."""
+    backbone.to(memory_format=torch.channels_last)
+    backbone.register_forward_pre_hook(_to_channels_last)
+
+
+def prepare_backbone(backbone: nn.Module, channels_last: bool, compile: bool) -> None:
+    """Apply the speed options in place. `Module.compile()` (not `torch.compile(m)`) keeps the state-dict keys,
+    so checkpoints still load into an uncompiled model."""
+    if channels_last:
+        apply_channels_last(backbone)
+    if compile:
+        backbone.compile()
+    if channels_last or compile:
+        log.info("backbone: channels_last=%s, torch.compile=%s", channels_last, compile)
