@@ -41,6 +41,7 @@ def tiny_cfg(tmp_path, tiny_weights):
             "data.num_workers=0",
             "trainer.enable_progress_bar=false",
             f"output_dir={tmp_path / 'run'}",
+            f"cache.dir={tmp_path / 'feature_cache'}",
             *overrides,
         )
 

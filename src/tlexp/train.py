@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
+from .features import feature_cache_for
+from .linear_probe import linear_probe
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
 
@@ -46,6 +48,11 @@ def check_config(cfg: DictConfig) -> None:
     check_model_name(cfg.model.name)
     strategy = _plain(cfg.strategy)
     check_strategy(strategy)
+    if cfg.get("linear_probe") and (not strategy.get("pretrained", True) or cfg.cache.mode == "off"):
+        raise ConfigError(
+            "linear_probe=true fits a logistic regression on cached features of the pretrained backbone: it needs "
+            f"a pretrained strategy (this one: {strategy['name']}) and the feature cache (cache.mode=auto or on)."
+        )
     if strategy.get("pretrained", True) and str(cfg.model.weights).lower() in ("none", "random", "null"):
         raise ConfigError(
             f"strategy '{strategy['name']}' starts from pretrained weights, but model.weights={cfg.model.weights}. "
@@ -100,6 +107,16 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     )
 
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
+    # Head-only phases with a frozen backbone train on features computed once (features.py).
+    cache = feature_cache_for(_plain(cfg.cache), phases, cfg.freeze_mode, datamodule, backbone, cfg.model.name)
+    if cfg.get("linear_probe") and (cache is None or not cache.all_cached):
+        raise ConfigError(
+            "linear_probe=true needs a strategy whose phases all train the head alone on a frozen backbone "
+            f"(strategy=feature_extraction); '{strategy['name']}' trains the backbone."
+        )
+    trainer_args = _plain(cfg.trainer)
+    if cache is not None and cache.needs_reload():
+        trainer_args["reload_dataloaders_every_n_epochs"] = 1  # the DataModule serves per epoch: view or images
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best-{epoch:02d}",
@@ -109,12 +126,17 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     )
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer = L.Trainer(
-        **_plain(cfg.trainer),
+        **trainer_args,
         max_epochs=schedule.total_epochs,
         callbacks=[schedule, checkpoints, *(callbacks or [])],
         logger=logger,
         default_root_dir=str(out),
     )
+
+    if cache is not None and trainer.world_size > 1:
+        if cfg.cache.mode == "on":
+            raise ConfigError("cache.mode=on works in one process only; use cache.mode=auto or off under DDP.")
+        cache = datamodule.features = None  # DDP: frozen groups keep gradients (zero_lr); run on images
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -123,6 +145,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test_seconds = time.perf_counter() - started
+    probe = None
+    if cfg.get("linear_probe"):
+        probe = linear_probe(*(cache.features(s) for s in ("train", "val", "test")), datamodule.num_classes)
 
     metrics = {
         "model": cfg.model.name,
@@ -145,6 +170,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "total_params": module.total_parameters(),
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "checkpoint": best,
+        "feature_cache": cache.report() if cache is not None else None,
+        "linear_probe": probe,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {
@@ -178,6 +205,14 @@ def print_summary(metrics: dict, out: Path) -> None:
     ]
     if "acc_top5" in test:
         rows.append(("test top-5 acc", f"{test['acc_top5']:.4f}"))
+    cache = metrics.get("feature_cache")
+    if cache:
+        done = f"{len(cache['computed'])} computed, {len(cache['loaded'])} loaded"
+        rows.append(("feature cache", f"{cache['cached_epochs']} epochs on cached features ({done})"))
+    probe = metrics.get("linear_probe")
+    if probe:
+        how = f"L-BFGS, L2 {probe['l2']:g} chosen on val, {probe['seconds']} s"
+        rows.append(("linear probe acc", f"{probe['test']['acc']:.4f} ({how})"))
     rows.append(("run dir", str(out)))
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n", flush=True)
