@@ -139,7 +139,7 @@ class FeatureStore:
 def extract(backbone: nn.Module, images: ImageSet, transform, batch_size: int, num_workers: int, seed: int):
     """Eval-mode backbone features of every image, in order: (features [N, D] float32, labels [N])."""
     device = next(backbone.parameters()).device
-    was_training = backbone.training
+    modes = {m: m.training for m in backbone.modules()}  # frozen BN stays in eval mode afterwards
     backbone.eval()
     # A private RNG stream: augmented views are reproducible, and the run's own RNG is left untouched.
     with torch.random.fork_rng(devices=[]):
@@ -151,7 +151,8 @@ def extract(backbone: nn.Module, images: ImageSet, transform, batch_size: int, n
             generator=torch.Generator().manual_seed(seed),
         )
         chunks = [backbone(x.to(device)).float().cpu() for x, _ in loader]
-    backbone.train(was_training)
+    for m, mode in modes.items():
+        m.training = mode
     return torch.cat(chunks), torch.as_tensor(images.labels, dtype=torch.long)
 
 
