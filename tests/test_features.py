@@ -58,7 +58,8 @@ def three_runs(tmp_path_factory, tiny_weights):
     """feature_extraction without augmentation: on images (cache off), on a cold cache, on a warm cache."""
     tmp = tmp_path_factory.mktemp("features")
     runs = {}
-    for name, mode, extra in (("images", "off", ()), ("cold", "auto", ()), ("warm", "auto", ("linear_probe=true",))):
+    probe = ("linear_probe=true",)
+    for name, mode, extra in (("images", "off", ()), ("cold", "auto", probe), ("warm", "auto", probe)):
         calls = BackboneCalls()
         metrics = train(_cfg(tmp, tiny_weights, name, f"cache.mode={mode}", *extra), callbacks=[calls])
         runs[name] = (metrics, calls, tmp / name)
@@ -90,11 +91,11 @@ def test_cached_run_equals_the_image_run_without_augmentation(three_runs):
     assert cold.keys() == images.keys() and (cold_dir / "metrics.json").is_file()
 
 
-def test_linear_probe_row_is_reported(three_runs):
-    warm, _, _ = three_runs["warm"]
-    probe = warm["linear_probe"]
-    assert 0.0 <= probe["test"]["acc"] <= 1.0 and probe["l2"] in probe["l2_grid"]
-    assert three_runs["cold"][0]["linear_probe"] is None
+def test_linear_probe_row_is_reported_on_a_cold_and_a_warm_cache(three_runs):
+    cold, warm = three_runs["cold"][0]["linear_probe"], three_runs["warm"][0]["linear_probe"]
+    assert 0.0 <= cold["test"]["acc"] <= 1.0 and cold["l2"] in cold["l2_grid"]
+    assert warm["test"] == pytest.approx(cold["test"], abs=1e-6)
+    assert three_runs["images"][0]["linear_probe"] is None
 
 
 def test_views_are_used_in_turn_and_gradual_switches_to_images(tmp_path, tiny_weights):

@@ -135,7 +135,7 @@ class FeatureStore:
 # ---------------------------------------------------------------- computing features
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the features feed autograd later (head, linear probe)
 def extract(backbone: nn.Module, images: ImageSet, transform, batch_size: int, num_workers: int, seed: int):
     """Eval-mode backbone features of every image, in order: (features [N, D] float32, labels [N])."""
     device = next(backbone.parameters()).device
