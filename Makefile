@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu tensorboard evaluate predict export lint clean
+.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu bench-cache clean-cache tensorboard evaluate predict export lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -64,9 +64,15 @@ predict: ## label new images: make predict ARGS="ckpt=<file> input=<file|folder|
 export: ## ONNX / TorchScript + model card: make export ARGS="ckpt=<file> format=onnx"
 	$(PY) -m tlexp.export $(ARGS)
 
+bench-cache: ## cached vs uncached feature_extraction (Fashion-MNIST, EfficientNet-Lite0, 20 epochs), side by side
+	$(PY) benchmarks/bench_cache.py $(ARGS)
+
+clean-cache: ## remove the feature cache (cache.dir: $$TLEXP_CACHE_DIR or ~/.cache/tlexp/features)
+	rm -rf "$${TLEXP_CACHE_DIR:-$$HOME/.cache/tlexp/features}"
+
 lint: ## ruff
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean: ## remove build and test debris (keeps outputs/ and .venv)
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -43,6 +43,7 @@ def tiny_cfg(tmp_path, tiny_weights):
             "report.enabled=false",  # the report has its own tests (test_after_training.py); skip its cost here
             "report.train_batch_preview=0",
             f"output_dir={tmp_path / 'run'}",
+            f"cache.dir={tmp_path / 'feature_cache'}",
             *overrides,
         )
 

@@ -30,6 +30,7 @@ def test_multirun_sweeps_the_four_strategies(tmp_path, tiny_weights):
         "trainer.enable_progress_bar=false",
         "trainer.limit_train_batches=1",
         f"hydra.sweep.dir={tmp_path}",
+        f"cache.dir={tmp_path / 'feature_cache'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name[0].isdigit())

@@ -169,7 +169,9 @@ class TransferModule(L.LightningModule):
     # ------------------------------------------------------------ training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        # A batch of cached backbone features [N, D] (head-only phases, see features.py) skips the backbone.
+        features = x if x.ndim == 2 else self.backbone(x)
+        return self.head(features)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch

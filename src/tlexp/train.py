@@ -22,8 +22,10 @@ from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
 from .evaluate import evaluate
+from .features import feature_cache_for
 from .guards import StopOnNonFinite
 from .history import EpochHistory
+from .linear_probe import linear_probe
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
@@ -65,6 +67,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"optimize_metric={cfg.optimize_metric}: a sweep must select on validation, never on the test set. "
             "Use best_val_acc (the default)."
+        )
+    if cfg.get("linear_probe") and (not strategy.get("pretrained", True) or cfg.cache.mode == "off"):
+        raise ConfigError(
+            "linear_probe=true fits a logistic regression on cached features of the pretrained backbone: it needs "
+            f"a pretrained strategy (this one: {strategy['name']}) and the feature cache (cache.mode=auto or on)."
         )
     if strategy.get("pretrained", True) and str(cfg.model.weights).lower() in ("none", "random", "null"):
         raise ConfigError(
@@ -148,6 +155,18 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
 
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
     curves = EpochHistory(schedule.phase_index)
+    # Head-only phases with a frozen backbone train on features computed once (features.py).
+    # (Not with data.augment_on=device: its eval loaders yield un-normalised uint8 images.)
+    cache = None
+    if not datamodule.on_device:
+        cache = feature_cache_for(_plain(cfg.cache), phases, cfg.freeze_mode, datamodule, backbone, cfg.model.name)
+    if cfg.get("linear_probe") and (cache is None or not cache.all_cached):
+        raise ConfigError(
+            "linear_probe=true needs a strategy whose phases all train the head alone on a frozen backbone "
+            f"(strategy=feature_extraction); '{strategy['name']}' trains the backbone."
+        )
+    if cache is not None and cache.needs_reload():
+        trainer_args["reload_dataloaders_every_n_epochs"] = 1  # the DataModule serves per epoch: view or images
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="best-{epoch:02d}", monitor="val/acc", mode="max"
     )
@@ -170,6 +189,12 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
 
     if decision is not None:
         logger.experiment.add_text("strategy/auto", decision.reason, 0)
+
+    if cache is not None and trainer.world_size > 1:
+        if cfg.cache.mode == "on":
+            raise ConfigError("cache.mode=on works in one process only; use cache.mode=auto or off under DDP.")
+        cache = datamodule.features = None  # DDP: frozen groups keep gradients (zero_lr); run on images
+
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
@@ -193,6 +218,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
             limits={"test": trainer.limit_test_batches, "val": trainer.limit_val_batches},
         )
         evaluation = {k: v for k, v in evaluation.items() if k != "reliability_bins"}
+
+    probe = None
+    if cfg.get("linear_probe"):
+        probe = linear_probe(*(cache.features(s) for s in ("train", "val", "test")), datamodule.num_classes)
 
     metrics = {
         "model": cfg.model.name,
@@ -224,6 +253,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "phase_history": history,
         "data_checks": datamodule.report(),  # skipped/broken files, leaks removed, class counts, imbalance
         "evaluation": evaluation,
+        "feature_cache": cache.report() if cache is not None else None,
+        "linear_probe": probe,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {
@@ -269,6 +300,14 @@ def print_summary(metrics: dict, out: Path) -> None:
     ]
     if "acc_top5" in test:
         rows.append(("test top-5 acc", f"{test['acc_top5']:.4f}"))
+    cache = metrics.get("feature_cache")
+    if cache:
+        done = f"{len(cache['computed'])} computed, {len(cache['loaded'])} loaded"
+        rows.append(("feature cache", f"{cache['cached_epochs']} epochs on cached features ({done})"))
+    probe = metrics.get("linear_probe")
+    if probe:
+        how = f"L-BFGS, L2 {probe['l2']:g} chosen on val, {probe['seconds']} s"
+        rows.append(("linear probe acc", f"{probe['test']['acc']:.4f} ({how})"))
     rows.append(("run dir", str(out)))
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n", flush=True)

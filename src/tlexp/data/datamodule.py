@@ -70,6 +70,8 @@ class TransferDataModule(L.LightningDataModule):
         self.probes: dict[str, Probe] = {}  # pre-flight verdict per file (file sources only)
         self.checks: dict = {}  # what the checks found: the data part of metrics.json
         self.failures_file: str | None = None  # files that broke during training, one "path<TAB>reason" a line
+        self.features = None  # a features.FeatureCache: serves cached features in head-only phases
+        self._image_loaders: dict[str, DataLoader] = {}
 
     # ------------------------------------------------------------ splits
 
@@ -175,6 +177,8 @@ class TransferDataModule(L.LightningDataModule):
 
     @property
     def train_transform(self):
+        if not self.augment.get("enabled", True):
+            return self.eval_transform
         return train_transform(self.image_size, self.mean, self.std, self.interpolation, self.augment, self.on_device)
 
     @property
@@ -238,14 +242,24 @@ class TransferDataModule(L.LightningDataModule):
             "balance": self.balance,
         }
 
+    def _serve(self, split: str) -> DataLoader:
+        # The phase of the current epoch decides: cached features (head-only phases) or images. Loaders are
+        # requested again every epoch when they can change; the image loaders are kept, with their workers.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self.features is not None and self.features.serves(split, epoch):
+            return self.features.loader(split, epoch)
+        if split not in self._image_loaders:
+            self._image_loaders[split] = self._loader(split, train=split == "train")
+        return self._image_loaders[split]
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self._serve("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._serve("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._serve("test")
 
 
 def make_splits(given: dict[str, ImageSet], cfg: dict, names: list[str] | None = None) -> dict[str, ImageSet]:

@@ -1,0 +1,240 @@
+"""Cached backbone features: hits, misses, corrupt files, views in turn, equality with the image path."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from tlexp.backbones import create_backbone
+from tlexp.data import TransferDataModule
+from tlexp.errors import ConfigError
+from tlexp.features import FeatureCache, FeatureStore
+from tlexp.linear_probe import linear_probe
+from tlexp.train import train
+
+from .conftest import TINY, compose_cfg
+
+SYNTHETIC = {"name": "synthetic", "source": "synthetic", "num_classes": 4, "images_per_class": 40, "native_size": 32}
+
+
+class BackboneCalls(Callback):
+    """Counts backbone forward passes (features computed) and records what each training epoch was fed."""
+
+    def __init__(self):
+        self.calls = 0
+        self.batches: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.cache = trainer.datamodule.features
+        pl_module.backbone.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.batches.append(batch[0])
+
+
+def _cfg(tmp, weights, name, *overrides):
+    return compose_cfg(
+        "model=test_resnet",
+        f"model.weights={weights}",
+        "dataset=synthetic",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        f"output_dir={tmp / name}",
+        f"cache.dir={tmp / 'cache'}",
+        "strategy=feature_extraction",
+        "strategy.phases.0.epochs=2",
+        "augment.enabled=false",
+        "report.enabled=false",  # the report re-runs the test images through the backbone (own tests)
+        "report.train_batch_preview=0",
+        *overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory, tiny_weights):
+    """feature_extraction without augmentation: on images (cache off), on a cold cache, on a warm cache."""
+    tmp = tmp_path_factory.mktemp("features")
+    runs = {}
+    probe = ("linear_probe=true",)
+    for name, mode, extra in (("images", "off", ()), ("cold", "auto", probe), ("warm", "auto", probe)):
+        calls = BackboneCalls()
+        metrics = train(_cfg(tmp, tiny_weights, name, f"cache.mode={mode}", *extra), callbacks=[calls])
+        runs[name] = (metrics, calls, tmp / name)
+    return runs
+
+
+def test_second_run_loads_features_and_never_runs_the_backbone(three_runs):
+    cold, cold_calls, _ = three_runs["cold"]
+    warm, warm_calls, _ = three_runs["warm"]
+    assert sorted(cold["feature_cache"]["computed"]) == ["test/eval", "train/eval", "val/eval"]
+    assert cold_calls.calls > 0
+    assert warm["feature_cache"]["computed"] == []
+    assert sorted(warm["feature_cache"]["loaded"]) == ["test/eval", "train/eval", "val/eval"]
+    assert warm_calls.calls == 0  # fit, test and the linear probe: no backbone forward at all
+    assert all(batch.ndim == 2 for batch in warm_calls.batches)  # the head was fed features
+    assert warm["test"] == pytest.approx(cold["test"], abs=1e-6)
+
+
+def test_cached_run_equals_the_image_run_without_augmentation(three_runs):
+    images, image_calls, image_dir = three_runs["images"]
+    cold, _, cold_dir = three_runs["cold"]
+    assert images["feature_cache"] is None and all(b.ndim == 4 for b in image_calls.batches)
+    assert cold["best_val_acc"] == pytest.approx(images["best_val_acc"], abs=1e-6)
+    assert cold["test"] == pytest.approx(images["test"], abs=1e-4)
+    head = [torch.load(d / "checkpoints/last.ckpt", weights_only=False)["state_dict"] for d in (image_dir, cold_dir)]
+    for key in ("head.1.weight", "head.1.bias"):
+        torch.testing.assert_close(head[0][key], head[1][key], atol=1e-4, rtol=1e-4)
+    # The run record and checkpoints are those of a normal run.
+    assert cold.keys() == images.keys() and (cold_dir / "metrics.json").is_file()
+
+
+def test_linear_probe_row_is_reported_on_a_cold_and_a_warm_cache(three_runs):
+    cold, warm = three_runs["cold"][0]["linear_probe"], three_runs["warm"][0]["linear_probe"]
+    assert 0.0 <= cold["test"]["acc"] <= 1.0 and cold["l2"] in cold["l2_grid"]
+    assert warm["test"] == pytest.approx(cold["test"], abs=1e-6)
+    assert three_runs["images"][0]["linear_probe"] is None
+
+
+def test_views_are_used_in_turn_and_gradual_switches_to_images(tmp_path, tiny_weights):
+    head = "{name: head, epochs: 3, train: [head], lr: 1e-3}"
+    rest = "{name: all, epochs: 1, train: [all], lr: 1e-4}"
+    cfg = _cfg(tmp_path, tiny_weights, "run", "strategy=gradual", f"strategy.phases=[{head}, {rest}]")
+    cfg.augment.enabled, cfg.cache.views = True, 2
+    calls = BackboneCalls()
+    metrics = train(cfg, callbacks=[calls])
+    report = metrics["feature_cache"]
+    assert report["cached_epochs"] == 3 and not report["test_from_cache"]
+    assert sorted(report["computed"]) == ["train/view0", "train/view1", "val/eval"]
+    first, second, third, images = calls.batches
+    assert first.ndim == second.ndim == third.ndim == 2 and images.ndim == 4  # phase 2 trains on images
+    view0, view1 = (calls.cache._memo[f"train/view{v}"][0] for v in (0, 1))
+    assert not torch.equal(view0, view1)
+    for batch, view in ((first, view0), (second, view1), (third, view0)):  # epoch e uses view e mod 2
+        assert all(any(torch.equal(row, v) for v in view) for row in batch[:4])
+
+
+def _datamodule(weights, augment=None, **dataset):
+    backbone, _ = create_backbone(TINY, str(weights))
+    dm = TransferDataModule(
+        {**SYNTHETIC, **dataset},
+        image_size=32,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        crop_pct=1.0,
+        augment=augment or {"scale_min": 0.5},
+        batch_size=16,
+    )
+    dm.setup()
+    return dm, backbone
+
+
+def test_key_changes_with_every_input_that_changes_features(tmp_path, tiny_weights):
+    def keys(dm, backbone, name=TINY):
+        cache = FeatureCache(dm, backbone, name, 1, True, 2, FeatureStore(tmp_path))
+        return {s: cache.key(s, None) for s in ("train", "val", "test")} | {"view0": cache.key("train", 0)}
+
+    dm, backbone = _datamodule(tiny_weights)
+    base = keys(dm, backbone)
+    assert keys(*_datamodule(tiny_weights)) == base  # stable across processes' worth of rebuilding
+    assert len(set(base.values())) == 4
+
+    changed = {}
+    dm2, bb2 = _datamodule(tiny_weights)
+    with torch.no_grad():
+        next(bb2.parameters()).add_(1e-3)
+    changed["weights"] = keys(dm2, bb2)
+    changed["name"] = keys(dm, backbone, "other")
+    dm2, bb2 = _datamodule(tiny_weights)
+    dm2.image_size = 28
+    changed["image size"] = keys(dm2, bb2)
+    dm2, bb2 = _datamodule(tiny_weights)
+    dm2.mean = (0.4,) * 3
+    changed["mean"] = keys(dm2, bb2)
+    changed["dataset"] = keys(*_datamodule(tiny_weights, images_per_class=41))
+    changed["split seed"] = keys(*_datamodule(tiny_weights, split_seed=1))
+    for what, new in changed.items():
+        assert all(new[k] != base[k] for k in base), what
+
+    # Fewer training images change the training set's key only: val/test features are reused.
+    fewer = keys(*_datamodule(tiny_weights, per_class=10))
+    assert fewer["train"] != base["train"] and fewer["view0"] != base["view0"]
+    assert fewer["val"] == base["val"] and fewer["test"] == base["test"]
+    # The augmentation changes the views' keys, not the eval features'.
+    jitter = keys(*_datamodule(tiny_weights, augment={"scale_min": 0.5, "color_jitter": 0.3}))
+    assert jitter["view0"] != base["view0"] and jitter["train"] == base["train"]
+    assert FeatureCache(dm, backbone, TINY, 1, True, 2, FeatureStore(tmp_path)).key("train", 1) != base["view0"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupt_cache_file_is_recomputed(tmp_path, tiny_weights, damage, caplog):
+    dm, backbone = _datamodule(tiny_weights)
+    store = FeatureStore(tmp_path)
+    cache = FeatureCache(dm, backbone, TINY, 1, True, 0, store)
+    good, _ = cache.features("val")
+    path = store.path(cache.key("val", None))
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    else:
+        path.write_bytes(b"not a cache file")
+    again = FeatureCache(dm, backbone, TINY, 1, True, 0, store)
+    feats, _ = again.features("val")
+    assert again.computed == ["val/eval"] and again.loaded == []
+    assert "corrupt" in caplog.text
+    torch.testing.assert_close(feats, good)
+    assert store.load(cache.key("val", None)) is not None  # rewritten whole
+
+
+def test_concurrent_writers_of_one_key_never_leave_a_broken_file(tmp_path):
+    store = FeatureStore(tmp_path)
+    payloads = [{"features": torch.full((2000, 64), float(i)), "labels": torch.arange(2000)} for i in range(3)]
+    seen, stop = [], threading.Event()
+
+    def write(p):
+        for _ in range(15):
+            store.save("k", p)
+
+    def read():
+        while not stop.is_set():
+            got = store.load("k")
+            if got is not None:
+                seen.append(got["features"][0, 0].item())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    reader.join()
+    assert store.load("k")["features"].shape == (2000, 64)
+    assert set(seen) <= {0.0, 1.0, 2.0} and seen
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pt"]  # no temp files left
+
+
+def test_linear_probe_separates_separable_features():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=gen) * 4
+
+    def split(n):
+        y = torch.arange(3).repeat(n)
+        return centres[y] + torch.randn(len(y), 8, generator=gen), y
+
+    result = linear_probe(split(20), split(10), split(30), num_classes=3, grid=(1e-4, 1e-2, 1.0))
+    assert result["test"]["acc"] > 0.9 and result["l2"] in (1e-4, 1e-2, 1.0)
+
+
+def test_cache_on_with_a_strategy_that_trains_the_backbone_is_an_error(tmp_path, tiny_weights):
+    with pytest.raises(ConfigError, match="cache.mode=on"):
+        train(_cfg(tmp_path, tiny_weights, "run", "strategy=finetune", "cache.mode=on"))
+    with pytest.raises(ConfigError, match="linear_probe"):
+        train(_cfg(tmp_path, tiny_weights, "run", "strategy=gradual", "linear_probe=true"))
