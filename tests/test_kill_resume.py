@@ -31,6 +31,7 @@ def _args(tiny_weights, run: Path) -> list[str]:
         "model=test_resnet",
         f"model.weights={tiny_weights}",
         "dataset=synthetic",
+        "dataset.images_per_class=120",  # epochs long enough (~1 s) for the kill to land where it should
         "data.batch_size=16",
         "data.num_workers=0",
         "trainer.deterministic=true",
@@ -96,7 +97,8 @@ def _same_run(reference: Path, resumed: Path) -> None:
 
 @pytest.mark.parametrize(
     ("after_epoch", "wait", "where"),
-    [(2, 1.0, "mid phase 2"), (1, 0.0, "between phases 1 and 2")],
+    # Kill soon after a checkpoint: epochs of the tiny run take well under a second on a quiet machine.
+    [(2, 0.1, "mid phase 2"), (1, 0.0, "between phases 1 and 2")],
 )
 def test_sigkill_then_resume_equals_the_uninterrupted_run(reference, tmp_path, tiny_weights, after_epoch, wait, where):
     run = tmp_path / "run"
