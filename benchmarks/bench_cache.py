@@ -42,7 +42,7 @@ def run(name: str, work: Path, *overrides: str) -> dict:
 
 def main(extra: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-cache-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         runs = {
             "uncached": run("uncached", work, "cache.mode=off", *extra),

@@ -212,7 +212,7 @@ def run_model(args, model: str) -> dict:
     samples = {k: [] for k in ("bound_train", "bound_test", "plain_epoch", "plain_train", "plain_test")}
     samples.update({k: [] for k in ("tlexp_epoch", "tlexp_train", "tlexp_test")})
     for repeat in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             cfg = compose_cfg(args, model, Path(tmp) / "run")
             module, dm, opt, device = build(cfg, args)
             b = bound(module, opt, args, device)
