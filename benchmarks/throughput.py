@@ -38,9 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tlexp.accel import prepare_backbone, resolve_precision  # noqa: E402
-from tlexp.data import TransferDataModule  # noqa: E402
 from tlexp.module import TransferModule  # noqa: E402
-from tlexp.train import preprocessing, train  # noqa: E402
+from tlexp.train import build_datamodule, preprocessing, train  # noqa: E402
 
 TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0", "resnet18": "resnet18", "resnet50": "resnet50"}
 
@@ -117,17 +116,8 @@ def build(cfg, args):
     weights = None if args.random_weights else cfg.model.weights
     module = TransferModule(model_name=cfg.model.name, num_classes=10, weights=weights, image_size=args.image_size)
     pre = preprocessing(cfg, module.backbone)
-    dm = TransferDataModule(
-        dataset=dict(cfg.dataset),
-        image_size=pre["image_size"],
-        mean=pre["mean"],
-        std=pre["std"],
-        interpolation=pre["interpolation"],
-        crop_pct=pre["crop_pct"],
-        augment=dict(cfg.augment),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        augment_on=args.augment_on,
+    dm = build_datamodule(
+        cfg, pre, batch_size=args.batch_size, num_workers=args.num_workers, augment_on=args.augment_on
     )
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     prepare_backbone(module.backbone, args.channels_last, args.compile)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from .backbones import create_backbone
 from .data import TransferDataModule
 from .errors import exit_on_user_error
-from .train import _plain, preprocessing
+from .train import build_datamodule, preprocessing
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -35,20 +35,8 @@ def inspect(cfg: DictConfig) -> dict:
     size_hint = (cfg.dataset.get("preprocess") or {}).get("image_size")
     backbone, _ = create_backbone(cfg.model.name, None, size_hint)  # preprocessing only: no weights needed
     pre = preprocessing(cfg, backbone)
-    dm = TransferDataModule(
-        dataset=_plain(cfg.dataset),
-        image_size=pre["image_size"],
-        mean=pre["mean"],
-        std=pre["std"],
-        interpolation=pre["interpolation"],
-        crop_pct=pre["crop_pct"],
-        on_bad_image="skip",  # list every bad file instead of stopping at them
-        balance=cfg.data.balance,
-        background=tuple(cfg.data.background),
-        drop_leaks=cfg.data.drop_leaks,
-        preflight_cache=cfg.data.preflight_cache,
-        strict=False,  # note structural problems instead of stopping at the first
-    )
+    # every bad file listed instead of a stop at them; structural problems noted instead of raised
+    dm = build_datamodule(cfg, pre, on_bad_image="skip", strict=False)
     dm.setup()
     checks, names = dm.checks, dm.class_names
     probes = [p for p in dm.probes.values() if not p.reason]

@@ -53,6 +53,25 @@ def preprocessing(cfg: DictConfig, backbone) -> dict:
     return pre
 
 
+def build_datamodule(cfg: DictConfig, pre: dict, **overrides) -> TransferDataModule:
+    """The DataModule a config describes, with the preprocessing `pre`; `overrides` replace any argument."""
+    data = cfg.data
+    kwargs = {
+        "dataset": _plain(cfg.dataset),
+        **{k: pre[k] for k in ("image_size", "mean", "std", "interpolation", "crop_pct")},
+        "augment": _plain(cfg.augment),
+        "batch_size": data.batch_size,
+        "num_workers": data.num_workers,
+        "on_bad_image": data.on_bad_image,
+        "balance": data.balance,
+        "background": tuple(data.background),
+        "drop_leaks": data.drop_leaks,
+        "preflight_cache": data.preflight_cache,
+        "augment_on": data.get("augment_on", "cpu"),
+    }
+    return TransferDataModule(**{**kwargs, **overrides})
+
+
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any weights or data are loaded."""
     check_model_name(cfg.model.name)
@@ -109,23 +128,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         phases = build_phases(scale_epochs(strategy, epoch_scale), groups, weight_decay)
 
     pre = preprocessing(cfg, backbone)
-    datamodule = TransferDataModule(
-        dataset=_plain(cfg.dataset),
-        image_size=pre["image_size"],
-        mean=pre["mean"],
-        std=pre["std"],
-        interpolation=pre["interpolation"],
-        crop_pct=pre["crop_pct"],
-        augment=_plain(cfg.augment),
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        on_bad_image=cfg.data.on_bad_image,
-        balance=cfg.data.balance,
-        background=tuple(cfg.data.background),
-        drop_leaks=cfg.data.drop_leaks,
-        preflight_cache=cfg.data.preflight_cache,
-        augment_on=cfg.data.get("augment_on", "cpu"),
-    )
+    datamodule = build_datamodule(cfg, pre)
     datamodule.setup()
     decision = None
     if auto.is_auto(strategy):
