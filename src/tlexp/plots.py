@@ -26,6 +26,14 @@ def _axes(n: int, width: float = 5.0):
     return fig, axes[0]
 
 
+def _save(fig, legend_ax, path: Path) -> Path:
+    legend_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
     """Test accuracy against training wall time: one point per run, one colour per strategy."""
     if not rows:
@@ -40,11 +48,7 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
                            label=strategy, color=_colour(strategy), s=40, alpha=0.8)  # fmt: skip
         ax.set(xlabel="training wall time (min)", ylabel="test accuracy (%)", title=f"{size} training images")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, axes[0], path)
 
 
 def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
@@ -73,11 +77,7 @@ def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
                 ax.axvline(boundary + 0.5, color=_colour(strategy), linestyle="--", alpha=0.5)
         ax.set(xlabel="epoch", ylabel="val accuracy (%)", title=f"{size} training images (dashed: phase change)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, axes[0], path)
 
 
 def plot_accuracy_vs_size(summary: list[dict], path: Path, thresholds=(500, 2000)) -> Path | None:
@@ -94,8 +94,4 @@ def plot_accuracy_vs_size(summary: list[dict], path: Path, thresholds=(500, 2000
     ax.set_xscale("log")
     ax.set(xlabel="training images", ylabel="test accuracy (%)", title="Where the strategies cross over")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
