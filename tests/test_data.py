@@ -13,6 +13,7 @@ from PIL import Image
 
 from tlexp.data import TransferDataModule
 from tlexp.data.sources import FASHION_MNIST_CLASSES, fashion_mnist, image_folder
+from tlexp.data.transforms import eval_transform, train_transform
 from tlexp.errors import DataError
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -40,8 +41,26 @@ def test_idx_reader_shapes_and_labels(small_fmnist):
     train, test = source.splits["train"], source.splits["test"]
     assert train.pixels.shape == (200, 1, 28, 28) and train.pixels.dtype == torch.uint8
     assert np.bincount(train.labels).tolist() == [20] * 10 and len(test) == 100
-    assert train.image(0).shape == (3, 28, 28)  # grey served as 3 channels
+    assert train.image(0).shape == (1, 28, 28)  # grey stays one channel until the transforms end
     assert source.class_names == FASHION_MNIST_CLASSES
+
+
+def test_grey_images_become_rgb_after_the_pixel_work_with_the_same_pixels(small_fmnist):
+    grey = fashion_mnist(str(small_fmnist)).splits["train"].image(0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    augment = {"scale_min": 0.5, "hflip": 0.5, "rotation": 10, "color_jitter": 0.2}
+    for transform in (
+        train_transform(96, mean, std, "bilinear", augment),
+        eval_transform(96, mean, std, "bilinear", 0.875),
+        train_transform(96, mean, std, "bilinear", augment, on_device=True),
+    ):
+        outputs = []
+        for image in (grey, grey.expand(3, -1, -1)):  # one channel, and the same grey as three
+            torch.manual_seed(3)
+            outputs.append(transform(image))
+        assert outputs[0].shape == (3, 96, 96)
+        # Equal up to one grey level (jitter rounds the 3-channel grey through its luma once more).
+        assert (outputs[0].float() - outputs[1].float()).abs().max() <= 1.01 / 255 / min(std) + 1e-6
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")

@@ -35,8 +35,7 @@ class TensorImages(ImageSet):
         self.pixels, self.labels = pixels, np.asarray(labels, dtype=np.int64)
 
     def image(self, i: int) -> torch.Tensor:
-        img = self.pixels[i]
-        return img.expand(3, -1, -1) if img.shape[0] == 1 else img  # grey -> 3 channels, no copy
+        return self.pixels[i]  # grey stays [1, H, W]: the transforms make it RGB after the pixel work
 
     def subset(self, indices: np.ndarray) -> TensorImages:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))

@@ -19,6 +19,9 @@ def interpolation_mode(name: str) -> InterpolationMode:
 def train_transform(size: int, mean, std, interpolation: str, aug: dict, on_device: bool = False) -> v2.Compose:
     """RandomResizedCrop, horizontal flip, rotation, ColorJitter, normalisation; each set by `aug`.
 
+    Grey images stay one channel through the pixel work and become RGB only before the float conversion: a
+    third of the work, same result (saturation jitter leaves grey unchanged either way).
+
     `on_device`: only the crop (uint8 out); `batch_augment.BatchAugment` does the rest on the training device.
     """
     crop = v2.RandomResizedCrop(
@@ -26,7 +29,7 @@ def train_transform(size: int, mean, std, interpolation: str, aug: dict, on_devi
     )
     steps = [v2.ToImage(), crop]
     if on_device:
-        return v2.Compose(steps)
+        return v2.Compose([*steps, v2.RGB()])
     hflip = aug.get("hflip", 0.5)
     if hflip:
         steps.append(v2.RandomHorizontalFlip(hflip))
@@ -35,7 +38,7 @@ def train_transform(size: int, mean, std, interpolation: str, aug: dict, on_devi
     jitter = aug.get("color_jitter", 0.0)
     if jitter:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    steps += [v2.RGB(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
 
@@ -43,7 +46,7 @@ def eval_transform(size: int, mean, std, interpolation: str, crop_pct: float, on
     """Resize to size / crop_pct, centre-crop to size, normalise (timm's eval recipe); `on_device`: uint8 out."""
     resize = int(round(size / crop_pct))
     steps = [v2.ToImage(), v2.Resize(resize, interpolation=interpolation_mode(interpolation), antialias=True)]
-    steps.append(v2.CenterCrop(size))
+    steps += [v2.CenterCrop(size), v2.RGB()]
     if not on_device:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
