@@ -27,6 +27,8 @@ def test_gradual_unfreezing_under_ddp_keeps_replicas_in_step(tmp_path, tiny_weig
     log = proc.stdout + proc.stderr
     assert "world size 2 > 1: freezing by zero learning rate and zero weight decay" in log
     assert "freezing by zero_lr" in log  # the audit table's heading
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "evaluation").is_dir()
+    assert log.count("test accuracy") == 1  # one summary, from rank 0
 
     def load(rank: int, tag: str) -> dict:
         return torch.load(tmp_path / f"rank{rank}_{tag}.pt", weights_only=False)

@@ -49,7 +49,7 @@ def _cfg(tmp, weights, name, *overrides):
         "strategy=feature_extraction",
         "strategy.phases.0.epochs=2",
         "augment.enabled=false",
-        "report.enabled=false",  # the report re-runs the test images through the backbone (own tests)
+        "report.enabled=true",  # it reuses the test pass's logits and the cached val features
         "report.train_batch_preview=0",
         *overrides,
     )
@@ -75,7 +75,8 @@ def test_second_run_loads_features_and_never_runs_the_backbone(three_runs):
     assert cold_calls.calls > 0
     assert warm["feature_cache"]["computed"] == []
     assert sorted(warm["feature_cache"]["loaded"]) == ["test/eval", "train/eval", "val/eval"]
-    assert warm_calls.calls == 0  # fit, test and the linear probe: no backbone forward at all
+    assert warm_calls.calls == 0  # fit, test, the evaluation report, the linear probe: no backbone forward at all
+    assert warm["evaluation"]["accuracy"] == pytest.approx(warm["test"]["acc"], abs=1e-6)
     assert all(batch.ndim == 2 for batch in warm_calls.batches)  # the head was fed features
     assert warm["test"] == pytest.approx(cold["test"], abs=1e-6)
 

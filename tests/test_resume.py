@@ -58,8 +58,9 @@ def test_ctrl_c_saves_last_ckpt_and_resume_lands_in_the_same_phase(tiny_cfg, cap
 
 def test_sigterm_stops_after_the_batch_and_saves_last_ckpt(tiny_cfg, capsys):
     cfg = tiny_cfg("strategy=feature_extraction", "strategy.phases.0.epochs=2", *FAST)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         train(cfg, callbacks=[StopAt(epoch=1, batch=0, how="sigterm")])
+    assert stop.value.code == 128 + signal.SIGTERM  # 143, as a shell reports a SIGTERM'd process; not 0
     ckpt = _ckpt(Path(cfg.output_dir))
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 3  # batch 0 of epoch 1 finished, then the stop
     assert "stopped by SIGTERM at epoch 1" in capsys.readouterr().err

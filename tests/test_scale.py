@@ -13,12 +13,14 @@ import timm
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
 
 from tlexp.accel import prepare_backbone, resolve_channels_last, resolve_precision
 from tlexp.data.batch_augment import BatchAugment
+from tlexp.data.datamodule import auto_workers
 from tlexp.data.transforms import eval_transform
 from tlexp.errors import ConfigError
-from tlexp.train import check_config, objective, train
+from tlexp.train import build_datamodule, check_config, objective, train
 
 from .conftest import CONF, TINY, compose_cfg
 
@@ -37,6 +39,25 @@ def test_trainer_configs_compose():
     gpu, ddp = compose_cfg("trainer=gpu").trainer, compose_cfg("trainer=ddp").trainer
     assert (gpu.accelerator, gpu.precision, gpu.benchmark) == ("gpu", "auto", True)
     assert (ddp.strategy, ddp.devices, ddp.num_nodes, ddp.precision) == ("ddp", -1, 1, "auto")
+
+
+def test_loader_workers_auto_keeps_cpu_cores_for_the_model(tmp_path):
+    # CPU: images in memory are transformed in the main process, files get one decoding worker; GPU: up to 8.
+    assert auto_workers(in_memory=True, on_gpu=False, cpus=2) == 0
+    assert auto_workers(in_memory=False, on_gpu=False, cpus=64) == 1
+    assert 1 <= auto_workers(in_memory=True, on_gpu=True, cpus=2) <= auto_workers(True, True, cpus=64) <= 8
+    pre = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    cfg = compose_cfg("dataset=synthetic")
+    assert cfg.data.num_workers == "auto" and build_datamodule(cfg, pre).num_workers == 0
+    for name in ("red", "blue"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), name).save(tmp_path / name / f"{i}.png")
+    files = compose_cfg("dataset=imagefolder", f"dataset.root={tmp_path}", "data.preflight_cache=null")
+    assert build_datamodule(files, pre).num_workers == 1
+    assert build_datamodule(compose_cfg("data.num_workers=3"), pre).num_workers == 3
+    with pytest.raises(ConfigError, match="num_workers must be auto or a count"):
+        build_datamodule(compose_cfg("data.num_workers=many"), pre)
 
 
 def test_channels_last_auto_is_on_for_cnns_on_gpu_only():

@@ -113,17 +113,21 @@ def evaluate(
     top_loss_count: int = 16,
     device=None,
     limits: dict | None = None,
+    logits: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Write the report files for `split` into `out`; returns the summary also written to `summary.json`.
 
     `limits` ({split: batches or fraction}) keeps the report on the same batches as the trainer's test (smoke runs).
+    `logits`: (logits, labels) of `split` in loader order when the caller has them (train.py: from trainer.test),
+    so the split is not run through the model a second time.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = datamodule.class_names
-    logits, labels = collect_logits(
-        module, datamodule._loader(split, train=False), device, (limits or {}).get(split, 1.0)
-    )  # unshuffled, un-augmented
+    limits = limits or {}
+    if logits is None:
+        logits = collect_logits(module, datamodule.evaluation_loader(split), device, limits.get(split, 1.0))
+    logits, labels = logits
     probs = logits.softmax(dim=1)
     predicted = probs.argmax(dim=1)
     matrix = confusion_matrix(labels, predicted, len(names))
@@ -156,7 +160,7 @@ def evaluate(
     if temperature and split != "val":
         # Fitted on val, judged on the evaluated split: the test set never tunes anything.
         val_logits, val_labels = collect_logits(
-            module, datamodule._loader("val", train=False), device, (limits or {}).get("val", 1.0)
+            module, datamodule.evaluation_loader("val"), device, limits.get("val", 1.0)
         )
         t = calibration.fit_temperature(val_logits, val_labels)
         scaled = F.softmax(logits / t, dim=1)

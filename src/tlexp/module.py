@@ -71,6 +71,7 @@ class TransferModule(L.LightningModule):
         self.test_metrics = base.clone(prefix="test/")
         # Per-class recall on the test split: shows what imbalance (and data.balance) does to the small classes.
         self.test_recall = MulticlassRecall(num_classes, average=None)
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ------------------------------------------------------------ groups
 
@@ -187,6 +188,7 @@ class TransferModule(L.LightningModule):
         metrics.update(logits, y)
         if stage == "test":
             self.test_recall.update(logits, y)
+            self.test_outputs.append((logits.detach().float().cpu(), y.cpu()))
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
@@ -199,6 +201,14 @@ class TransferModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    def on_test_epoch_start(self):
+        self.test_outputs = []  # (logits, labels) per batch, in loader order: the evaluation report reuses them
+
+    def test_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of the last test pass (this process's share of it under DDP)."""
+        logits, labels = zip(*self.test_outputs, strict=True)
+        return torch.cat(logits), torch.cat(labels)
 
     def on_test_epoch_end(self):
         recall = self.test_recall.compute()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -14,10 +16,11 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from . import auto
-from .accel import prepare_backbone, resolve_channels_last, resolve_precision
+from .accel import on_gpu, prepare_backbone, resolve_channels_last, resolve_precision
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
@@ -68,6 +71,7 @@ def build_datamodule(cfg: DictConfig, pre: dict, **overrides) -> TransferDataMod
         "drop_leaks": data.drop_leaks,
         "preflight_cache": data.preflight_cache,
         "augment_on": data.get("augment_on", "cpu"),
+        "on_gpu": on_gpu(cfg.trainer.get("accelerator", "cpu")),
     }
     return TransferDataModule(**{**kwargs, **overrides})
 
@@ -199,7 +203,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         cache = datamodule.features = None  # DDP: frozen groups keep gradients (zero_lr); run on images
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # a SystemExit with status 0: a stopped run must not look like a finished one
+        sys.exit(128 + signal.SIGTERM)
     fit_seconds = time.perf_counter() - started
     # Copied before test(): restoring the best checkpoint restores callback state too.
     history, epochs = list(schedule.history), list(curves.rows)
@@ -208,7 +215,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test_seconds = time.perf_counter() - started
     evaluation = None
-    if report.enabled:  # the module holds the best checkpoint's weights since trainer.test(ckpt_path=best)
+    # The module holds the best checkpoint's weights since trainer.test(ckpt_path=best). Under DDP every rank
+    # gets here; the report, metrics.json and the summary come from rank 0 alone.
+    if report.enabled and trainer.is_global_zero:
         evaluation = evaluate(
             module,
             datamodule,
@@ -219,6 +228,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
             report.top_losses,
             device=trainer.strategy.root_device,  # Lightning hands the module back on the CPU after test
             limits={"test": trainer.limit_test_batches, "val": trainer.limit_val_batches},
+            # The test pass's own logits; under DDP each rank holds a shard, so the report runs its own pass.
+            logits=module.test_logits() if trainer.world_size == 1 else None,
         )
         evaluation = {k: v for k, v in evaluation.items() if k != "reliability_bins"}
 
@@ -259,7 +270,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "feature_cache": cache.report() if cache is not None else None,
         "linear_probe": probe,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     hparams = {
         "model": cfg.model.name,
         "strategy": strategy["name"],
@@ -270,8 +282,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     final = {f"hparams/test_{k}": v for k, v in metrics["test"].items()}
     if evaluation:
         final["hparams/test_ece"] = evaluation["ece"]
-    logger.log_hyperparams(hparams, final)
-    print_summary(metrics, out)
+    logger.log_hyperparams(hparams, final)  # rank 0 only (Lightning)
+    if trainer.is_global_zero:
+        print_summary(metrics, out)
     return metrics
 
 
@@ -331,7 +344,11 @@ def _in_sweep() -> bool:
 
 
 def train_in_sweep(cfg: DictConfig) -> float | None:
-    """One run of a multirun: a failure is written to error.json and logged, and the sweep goes on."""
+    """One run of a multirun: a failure is written to error.json and logged, and the sweep goes on.
+
+    A failed run returns None: the Optuna sweeper cannot cast it to float, records a failed trial, logs it
+    and goes on (a NaN would make it call study.tell(FAIL) with a value, which raises and ends the sweep).
+    """
 
     job = HydraConfig.get().job
     total = os.environ.get("TLEXP_SWEEP_TOTAL")

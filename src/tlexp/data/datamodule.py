@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from .balance import BALANCE, balanced_sampler, class_weights, imbalance_ratio
 from .balance import class_counts as _counts
 from .batch_augment import BatchAugment
 from .duplicates import drop_leaks, duplicate_groups
-from .images import ImageFiles, ImageSet, TransformedImages
+from .images import ImageFiles, ImageSet, TensorImages, TransformedImages
 from .preflight import Probe, preflight
 from .sources import Source, load_source
 from .splits import holdout, subsample
@@ -39,7 +40,7 @@ class TransferDataModule(L.LightningDataModule):
         crop_pct: float = 0.875,
         augment: dict | None = None,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         on_bad_image: str = "skip",
         balance: str = "none",
         background: tuple = (255, 255, 255),
@@ -47,13 +48,17 @@ class TransferDataModule(L.LightningDataModule):
         preflight_cache: str | None = "~/.cache/tlexp/preflight",
         strict: bool = True,
         augment_on: str = "cpu",
+        on_gpu: bool = False,
     ):
         super().__init__()
         self.cfg = dict(dataset)
         self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
         self.interpolation, self.crop_pct = interpolation, float(crop_pct)
         self.augment = dict(augment or {})
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size, self.on_gpu = int(batch_size), bool(on_gpu)
+        if num_workers != "auto" and not (str(num_workers).isdigit()):
+            raise ConfigError(f"data.num_workers must be auto or a count >= 0, got '{num_workers}'.")
+        self.workers_setting = num_workers
         if on_bad_image not in ("skip", "error"):
             raise ConfigError(f"data.on_bad_image={on_bad_image}: choose skip or error.")
         if balance not in BALANCE:
@@ -169,6 +174,14 @@ class TransferDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def num_workers(self) -> int:
+        if self.workers_setting != "auto":
+            return int(self.workers_setting)
+        self.setup()
+        in_memory = all(isinstance(images, TensorImages) for images in self.splits.values())
+        return auto_workers(in_memory, self.on_gpu)
+
     def sizes(self) -> dict[str, int]:
         self.setup()
         return {k: len(v) for k, v in self.splits.items()}
@@ -252,6 +265,13 @@ class TransferDataModule(L.LightningDataModule):
             self._image_loaders[split] = self._loader(split, train=split == "train")
         return self._image_loaders[split]
 
+    def evaluation_loader(self, split: str) -> DataLoader:
+        """Un-augmented, unshuffled batches of `split` for the model as trained: cached features when no phase
+        changed the backbone (the features are still its own), else images."""
+        if self.features is not None and self.features.all_cached:
+            return self.features.loader(split, None)
+        return self._loader(split, train=False)
+
     def train_dataloader(self) -> DataLoader:
         return self._serve("train")
 
@@ -260,6 +280,22 @@ class TransferDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._serve("test")
+
+
+def auto_workers(in_memory: bool, on_gpu: bool, cpus: int | None = None) -> int:
+    """How many loader processes `data.num_workers=auto` starts.
+
+    Training on the CPU, the model's threads already use every core and a worker process only takes cores away
+    from them: for images decoded once into memory the transforms run in the main process (0 workers; on 2 cores
+    resnet18's pipeline efficiency went from 0.78 with one worker to 0.94, README), files get one worker so that
+    decoding overlaps the step. On a GPU the main process only feeds the device: up to 8 workers per GPU, one
+    core kept for the main process.
+    """
+    cpus = cpus or len(os.sched_getaffinity(0))
+    if not on_gpu:
+        return 0 if in_memory else 1
+    per_gpu = cpus // max(1, torch.cuda.device_count())
+    return max(1, min(8, per_gpu - 1))
 
 
 def make_splits(given: dict[str, ImageSet], cfg: dict, names: list[str] | None = None) -> dict[str, ImageSet]:
