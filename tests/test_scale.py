@@ -193,3 +193,23 @@ def test_optuna_sweep_runs_two_trials(tmp_path, tiny_weights):
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
     vals = [json.loads(p.read_text())["best_val_acc"] for p in tmp_path.glob("*/metrics.json")]
     assert len(vals) == 2 and best.best_value == pytest.approx(max(vals))
+
+
+@pytest.mark.slow
+def test_a_failed_optuna_trial_is_recorded_and_the_study_goes_on(tmp_path, tiny_weights):
+    # epochs=0 is refused by tlexp's config check: those trials fail, leave error.json, and return None.
+    run = _multirun(
+        tmp_path,
+        tiny_weights,
+        "hparams_search=gradual_optuna",
+        "hydra.sweeper.n_trials=4",
+        "strategy.phases.0.epochs=choice(0,1)",
+        "epoch_scale=0.1",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    failed = list(tmp_path.glob("*/error.json"))
+    done = [json.loads(p.read_text())["best_val_acc"] for p in tmp_path.glob("*/metrics.json")]
+    assert failed and done and len(failed) + len(done) == 4, run.stdout[-2000:]
+    assert "epochs must be a whole number >= 1" in failed[0].read_text()
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(max(done)) and best.best_params["strategy.phases.0.epochs"] == 1
