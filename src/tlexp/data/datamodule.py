@@ -287,9 +287,9 @@ def auto_workers(in_memory: bool, on_gpu: bool, cpus: int | None = None) -> int:
 
     Training on the CPU, the model's threads already use every core and a worker process only takes cores away
     from them: for images decoded once into memory the transforms run in the main process (0 workers; on 2 cores
-    resnet18's pipeline efficiency went from 0.78 with one worker to 0.94, README), files get one worker so that
-    decoding overlaps the step. On a GPU the main process only feeds the device: up to 8 workers per GPU, one
-    core kept for the main process.
+    fine-tuning pipeline efficiency went from 0.84 to 0.92 for EfficientNet-Lite0 and from 0.92 to 0.97 for
+    ResNet-18, README), files get one worker so that decoding overlaps the step. On a GPU the main process only
+    feeds the device: up to 8 workers per GPU, one core kept for the main process.
     """
     cpus = cpus or len(os.sched_getaffinity(0))
     if not on_gpu:
