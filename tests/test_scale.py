@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tlexp.accel import prepare_backbone, resolve_channels_last, resolve_precision
+from tlexp.accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
 from tlexp.data.batch_augment import BatchAugment
 from tlexp.data.datamodule import auto_workers
 from tlexp.data.transforms import eval_transform
@@ -43,9 +43,14 @@ def test_trainer_configs_compose():
 
 def test_loader_workers_auto_keeps_cpu_cores_for_the_model(tmp_path):
     # CPU: images in memory are transformed in the main process, files get one decoding worker; GPU: up to 8.
-    assert auto_workers(in_memory=True, on_gpu=False, cpus=2) == 0
-    assert auto_workers(in_memory=False, on_gpu=False, cpus=64) == 1
-    assert 1 <= auto_workers(in_memory=True, on_gpu=True, cpus=2) <= auto_workers(True, True, cpus=64) <= 8
+    assert auto_workers(in_memory=True, gpus=0, cpus=2) == 0
+    assert auto_workers(in_memory=False, gpus=0, cpus=64) == 1
+    assert auto_workers(in_memory=True, gpus=1, cpus=2) == 1 and auto_workers(True, gpus=1, cpus=64) == 8
+    assert auto_workers(True, gpus=8, cpus=32) == 3  # 8 training processes share the node's 32 cores
+    assert gpus_on_node("cpu", 1, cuda_available=True) == 0 and gpus_on_node("gpu", 1, cuda_available=False) == 0
+    assert gpus_on_node("gpu", 1, cuda_available=True) == 1 and gpus_on_node("gpu", [0, 2], cuda_available=True) == 2
+    assert gpus_on_node("gpu", "0,1,3", cuda_available=True) == 3
+    assert gpus_on_node("gpu", compose_cfg("trainer=gpu", "trainer.devices=[0,1]").trainer.devices, True) == 2
     pre = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
     cfg = compose_cfg("dataset=synthetic")
     assert cfg.data.num_workers == "auto" and build_datamodule(cfg, pre).num_workers == 0

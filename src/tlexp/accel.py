@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -18,6 +19,19 @@ def on_gpu(accelerator: str, cuda_available: bool | None = None) -> bool:
     """Whether a Trainer with this accelerator will run on a CUDA GPU."""
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     return cuda and str(accelerator) in GPU_ACCELERATORS
+
+
+def gpus_on_node(accelerator: str, devices, cuda_available: bool | None = None) -> int:
+    """How many GPUs a Trainer with these arguments trains on in this node (0 = CPU)."""
+    if not on_gpu(accelerator, cuda_available):
+        return 0
+    if isinstance(devices, str) and "," in devices:  # "0,1,3": those GPUs
+        devices = [d for d in devices.split(",") if d.strip()]
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, Sequence) and not isinstance(devices, str):  # [0, 2] (a ListConfig too)
+        return len(devices)
+    return max(1, torch.cuda.device_count())  # -1, "auto", "-1": all of them
 
 
 def resolve_precision(

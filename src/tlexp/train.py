@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from . import auto
-from .accel import on_gpu, prepare_backbone, resolve_channels_last, resolve_precision
+from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
@@ -71,7 +71,7 @@ def build_datamodule(cfg: DictConfig, pre: dict, **overrides) -> TransferDataMod
         "drop_leaks": data.drop_leaks,
         "preflight_cache": data.preflight_cache,
         "augment_on": data.get("augment_on", "cpu"),
-        "on_gpu": on_gpu(cfg.trainer.get("accelerator", "cpu")),
+        "gpus": gpus_on_node(cfg.trainer.get("accelerator", "cpu"), cfg.trainer.get("devices", 1)),
     }
     return TransferDataModule(**{**kwargs, **overrides})
 
