@@ -213,6 +213,7 @@ class TransferDataModule(L.LightningDataModule):
         sampler = None
         if train and self.balance == "sampler":
             sampler = balanced_sampler(data.images.labels, self.num_classes, int(self.cfg.get("split_seed", 0)))
+        workers = self.num_workers  # resolved once: `auto` looks at the splits
         return DataLoader(
             data,
             batch_size=self.batch_size,
@@ -220,8 +221,8 @@ class TransferDataModule(L.LightningDataModule):
             sampler=sampler,
             # A last batch of one image breaks BatchNorm in training mode; drop it only when there are others.
             drop_last=train and len(data) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: faster, asynchronous copies to the GPU
         )
 
