@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tlexp.accel import prepare_backbone, resolve_precision  # noqa: E402
+from tlexp.build import build_datamodule, preprocessing  # noqa: E402
 from tlexp.module import TransferModule  # noqa: E402
-from tlexp.train import build_datamodule, preprocessing, train  # noqa: E402
+from tlexp.train import train  # noqa: E402
 
 TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0", "resnet18": "resnet18", "resnet50": "resnet50"}
 

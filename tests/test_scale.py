@@ -16,11 +16,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tlexp.accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
+from tlexp.build import build_datamodule, check_config
 from tlexp.data.batch_augment import BatchAugment
 from tlexp.data.datamodule import auto_workers
 from tlexp.data.transforms import eval_transform
 from tlexp.errors import ConfigError
-from tlexp.train import build_datamodule, check_config, objective, train
+from tlexp.train import objective, train
 
 from .conftest import CONF, TINY, compose_cfg
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from .errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+CHOICES = ("feature_extraction", "gradual", "finetune")
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,26 @@ def decide(train_images: int, num_classes: int, below: int = 500, above: int = 2
     return Decision(choice, f"{head} -> {choice}, because {why}.", train_images, num_classes, below, above)
 
 
-def resolve(strategy: dict, train_images: int, num_classes: int) -> tuple[dict, Decision]:
-    """The strategy config `auto` stands for, loaded from conf/strategy/<choice>.yaml."""
+def resolve(strategy: dict, train_images: int, num_classes: int) -> tuple[dict, Decision | None]:
+    """The strategy that trains: `strategy` itself, or for auto its choice from conf/strategy/<choice>.yaml."""
+    if not is_auto(strategy):
+        return strategy, None
     decision = decide(
         train_images,
         num_classes,
         int(strategy.get("feature_extraction_below", 500)),
         int(strategy.get("finetune_above", 2000)),
     )
-    chosen = OmegaConf.to_container(OmegaConf.load(CONF / "strategy" / f"{decision.strategy}.yaml"), resolve=True)
-    return chosen, decision
+    return load_strategy(decision.strategy), decision
+
+
+def candidates(strategy: dict) -> list[dict]:
+    """The strategies a run may train with: the one given, or every strategy auto may choose."""
+    return [load_strategy(name) for name in CHOICES] if is_auto(strategy) else [strategy]
+
+
+def load_strategy(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / "strategy" / f"{name}.yaml"), resolve=True)
 
 
 def is_auto(strategy: dict) -> bool:

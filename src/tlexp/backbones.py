@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
@@ -110,18 +112,28 @@ def data_config(model: nn.Module) -> DataConfig:
 def block_map(backbone: nn.Module) -> OrderedDict[str, list[str]]:
     """Backbone parameter names grouped from input to output: stem, stage1..stageN (timm's group_matcher).
 
-    Parameters the matcher leaves out are folded into the last stage, so every parameter has one group.
+    timm gives the parameters its matcher leaves out (a final norm, a 1x1 head conv) a trailing group of their
+    own. Trailing groups that hold no block are folded into the stage before, so that `last` is the last real
+    stage of blocks, and every parameter has exactly one group.
     """
-    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
-    ordered = [names for _, names in sorted(groups.items())]
-    named: OrderedDict[str, list[str]] = OrderedDict()
-    has_stem = "stem" in backbone.group_matcher(coarse=True)
-    for i, names in enumerate(ordered):
-        key = "stem" if (i == 0 and has_stem) else f"stage{i if has_stem else i + 1}"
-        named[key] = list(names)
-    all_names = [n for n, _ in backbone.named_parameters()]
-    grouped = {n for names in named.values() for n in names}
-    leftover = [n for n in all_names if n not in grouped]
-    if leftover:
-        named[next(reversed(named))].extend(leftover)
-    return named
+    matcher = backbone.group_matcher(coarse=True)
+    ordered = [list(names) for _, names in sorted(group_parameters(backbone, matcher).items())]
+    holds_block = _matches(matcher.get("blocks", []))
+    while len(ordered) > 1 and not any(holds_block(n) for n in ordered[-1]):
+        tail = ordered.pop()
+        ordered[-1].extend(tail)
+    grouped = {n for names in ordered for n in names}
+    ordered[-1].extend(n for n, _ in backbone.named_parameters() if n not in grouped)
+    has_stem = "stem" in matcher
+    return OrderedDict(
+        ("stem" if (i == 0 and has_stem) else f"stage{i if has_stem else i + 1}", names)
+        for i, names in enumerate(ordered)
+    )
+
+
+def _matches(patterns) -> Callable[[str], bool]:
+    """Whether a parameter name matches one of a timm group_matcher entry's patterns (a regex or a list)."""
+    if isinstance(patterns, str):
+        patterns = [(patterns, None)]
+    compiled = [re.compile(p[0] if isinstance(p, (list, tuple)) else p) for p in patterns]
+    return lambda name: any(c.match(name) for c in compiled)

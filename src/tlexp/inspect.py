@@ -18,9 +18,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from .backbones import create_backbone
+from .build import build_datamodule, preprocessing
 from .data import TransferDataModule
 from .errors import exit_on_user_error
-from .train import build_datamodule, preprocessing
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402

@@ -23,8 +23,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 class TransferModule(L.LightningModule):
     """Backbone + head, built from plain values so that `load_from_checkpoint` works.
 
-    `backbone` may be passed in already built (train.py builds it first to fail fast on missing weights);
-    it is not a hyperparameter. To load a checkpoint, use `load_module`, which skips the weights download.
+    `backbone` may be passed in already built (the run builder loads it first to fail fast on missing weights),
+    with its block map `blocks`; neither is a hyperparameter (both are rebuilt from `model_name` when loading).
+    To load a checkpoint, use `load_module`, which skips the weights download.
     """
 
     def __init__(
@@ -42,9 +43,10 @@ class TransferModule(L.LightningModule):
         class_weights: list[float] | None = None,
         preprocessing: dict | None = None,
         backbone: nn.Module | None = None,
+        blocks: dict[str, list[str]] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "blocks"])
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer '{optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
         if backbone is None:
@@ -55,7 +57,7 @@ class TransferModule(L.LightningModule):
         # data.balance=weights: a class-weighted training loss (val/test losses stay unweighted, comparable).
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        self.groups = self._named_groups()
+        self.groups = self._named_groups(blocks or block_map(backbone))
         self.group_names = list(self.groups)
         self._bn_by_group = self._batchnorms_by_group()
         self.frozen_bn_groups: set[str] = set()
@@ -75,11 +77,9 @@ class TransferModule(L.LightningModule):
 
     # ------------------------------------------------------------ groups
 
-    def _named_groups(self) -> OrderedDict[str, list[nn.Parameter]]:
+    def _named_groups(self, blocks: dict[str, list[str]]) -> OrderedDict[str, list[nn.Parameter]]:
         params = dict(self.named_parameters())
-        groups = OrderedDict(
-            (name, [params[f"backbone.{n}"] for n in names]) for name, names in block_map(self.backbone).items()
-        )
+        groups = OrderedDict((name, [params[f"backbone.{n}"] for n in names]) for name, names in blocks.items())
         groups["head"] = list(self.head.parameters())
         return groups
 
@@ -118,21 +118,24 @@ class TransferModule(L.LightningModule):
         orphans = [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in seen]
         if orphans:
             raise RuntimeError(f"trainable parameters in no optimizer group: {orphans[:5]}")
-        rows = []
-        for group in optimizer.param_groups:
+        rows = {}
+        for group in optimizer.param_groups:  # a block's decay and no-decay groups make one row
             name = group["name"]
-            trains = name in phase.train
-            rows.append(
+            row = rows.setdefault(
+                name,
                 {
                     "group": name,
-                    "trainable_params": sum(p.numel() for p in group["params"]) if trains else 0,
+                    "trainable_params": 0,
                     "lr": group["lr"],
-                    "weight_decay": group["weight_decay"],
+                    "weight_decay": 0.0,
                     "bn": "n/a"
                     if not self._bn_by_group[name]
                     else ("eval" if name in self.frozen_bn_groups else "train"),
-                }
+                },
             )
+            row["trainable_params"] += sum(p.numel() for p in group["params"]) if name in phase.train else 0
+            row["weight_decay"] = max(row["weight_decay"], group["weight_decay"])
+        rows = list(rows.values())
         lines = [f"phase {index + 1} '{phase.name}' ({phase.epochs} epochs, freezing by {mode}):"]
         lines += ["  group      trainable        lr   w.decay  BN"]
         lines += [
@@ -220,16 +223,33 @@ class TransferModule(L.LightningModule):
         return self(x).softmax(-1)
 
     def configure_optimizers(self):
-        # Every group exists from the start, named; phases only change lr / weight decay / requires_grad.
+        # Every group exists from the start, named by block; phases only change lr / weight decay / requires_grad.
         # (Adding groups mid-run breaks schedulers and resume: Lightning #8720, #21901.)
         hp = self.hparams
         groups = [
-            {"params": ps, "name": name, "lr": 0.0, "weight_decay": hp.weight_decay} for name, ps in self.groups.items()
+            {"params": ps, "name": name, "decay": decay, "lr": 0.0, "weight_decay": hp.weight_decay * decay}
+            for name, params in self.groups.items()
+            for decay, ps in self._split_by_decay(params)
+            if ps
         ]
         if hp.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=0.0, momentum=hp.momentum, nesterov=True)
         cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
         return cls(groups, lr=0.0)
+
+    def _split_by_decay(self, params: list[nn.Parameter]) -> list[tuple[float, list[nn.Parameter]]]:
+        """(1.0, decayed) and (0.0, not decayed) parameters of a group, by timm's `param_groups_weight_decay` rule.
+
+        Norm weights, biases (1-D) and the backbone's `no_weight_decay()` names (ViT's position embedding and
+        class token) get no weight decay: decaying them pulls scales and offsets towards 0 for no regularising gain.
+        """
+        skip = set(getattr(self.backbone, "no_weight_decay", set)())
+        exempt = {
+            id(p)
+            for n, p in self.named_parameters()
+            if p.ndim <= 1 or n.endswith(".bias") or n.removeprefix("backbone.") in skip
+        }
+        return [(1.0, [p for p in params if id(p) not in exempt]), (0.0, [p for p in params if id(p) in exempt])]
 
 
 def load_module(checkpoint: str, map_location: str = "cpu") -> TransferModule:

@@ -212,7 +212,7 @@ class PhaseSchedule(Callback):
             "phase": self.current,
             "trainable": {g: all(p.requires_grad for p in ps) for g, ps in pl_module.groups.items()},
             "lr": {group["name"]: group["lr"] for group in groups},
-            "weight_decay": {group["name"]: group["weight_decay"] for group in groups},
+            "weight_decay": {group["name"]: group["weight_decay"] for group in groups if group.get("decay", 1.0)},
         }
 
     def _set_lrs(self, trainer: L.Trainer, pl_module, batch_idx: int) -> None:
@@ -249,7 +249,7 @@ class PhaseSchedule(Callback):
                 if entering and index > 0 and trains and group["name"] not in previous:
                     optimizer.state.pop(p, None)
             group["lr"] = phase.lr.get(group["name"], 0.0)
-            group["weight_decay"] = phase.weight_decay if trains else 0.0
+            group["weight_decay"] = phase.weight_decay * group.get("decay", 1.0) if trains else 0.0
         # BatchNorm: frozen = eval mode in frozen groups only; eval = everywhere (Keras's advice for
         # fine-tuning: affine weights learn, statistics stay the pretrained ones); train = nowhere.
         frozen = [g for g in pl_module.group_names if g not in phase.train]

@@ -1,0 +1,251 @@
+"""Build a run from its config: every object a training run needs, each decision made once, here.
+
+`build_run` reads as the steps: resume or start, check the config, load the weights (a missing file fails in
+seconds, before any data is read), resolve the phases, read the data, choose the strategy (auto), build the
+module and the Trainer, then decide the feature cache (it needs the world size, known once the Trainer exists).
+`inspect`, `advise` and the benchmarks use the same builders (`preprocessing`, `build_datamodule`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from . import auto
+from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
+from .backbones import block_map, check_model_name, create_backbone, data_config
+from .data import TransferDataModule
+from .errors import ConfigError
+from .features import FeatureCache, feature_cache_for
+from .guards import StopOnNonFinite
+from .history import EpochHistory
+from .module import TransferModule
+from .phases import Phase, PhaseSchedule, build_phases, check_strategy
+from .preview import TrainBatchPreview
+from .resume import LAST, RUN_CONFIG, RunState, resume_config
+
+
+@dataclass
+class Run:
+    """Everything one training run is made of, built from its config by `build_run`."""
+
+    cfg: DictConfig
+    out: Path
+    resume_from: Path | None  # last.ckpt of the run being resumed; None for a new run
+    weights_id: str
+    strategy: dict  # the strategy that trains (auto's choice when strategy=auto)
+    decision: auto.Decision | None
+    phases: list[Phase]
+    preprocessing: dict
+    datamodule: TransferDataModule
+    module: TransferModule
+    schedule: PhaseSchedule
+    curves: EpochHistory
+    best: ModelCheckpoint
+    cache: FeatureCache | None
+    channels_last: bool
+    trainer: L.Trainer
+
+    @property
+    def logger(self) -> TensorBoardLogger:
+        return self.trainer.logger
+
+
+def plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
+    """The run a config describes; `callbacks` are added to the Trainer (tests watch phases with them)."""
+    resume_from = None
+    if cfg.get("resume"):
+        cfg, resume_from = resume_config(cfg)
+    check_config(cfg)
+    out = start_output(cfg, resume_from)
+    L.seed_everything(cfg.seed, workers=True)
+    backbone, weights_id = load_backbone(cfg)
+    blocks = block_map(backbone)
+    groups = [*blocks, "head"]
+    for candidate in auto.candidates(plain(cfg.strategy)):  # a bad phase list fails before any data is read
+        resolve_phases(cfg, candidate, groups)
+    pre = preprocessing(cfg, backbone)
+    datamodule = build_datamodule(cfg, pre)
+    datamodule.setup()
+    strategy, decision = auto.resolve(plain(cfg.strategy), datamodule.sizes()["train"], datamodule.num_classes)
+    phases = resolve_phases(cfg, strategy, groups)
+    module = build_module(cfg, backbone, blocks, datamodule, pre)
+    channels_last = resolve_channels_last(cfg.get("channels_last", False), cfg.trainer.accelerator, backbone)
+    prepare_backbone(module.backbone, channels_last, bool(cfg.get("compile", False)))
+    schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
+    curves = EpochHistory(schedule.phase_index)
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:02d}", monitor="val/acc", mode="max")
+    trainer = build_trainer(cfg, out, schedule, best, [curves, *(callbacks or [])])
+    cache = decide_cache(cfg, strategy, phases, schedule.mode(trainer), datamodule, backbone, trainer)
+    return Run(
+        cfg, out, resume_from, weights_id, strategy, decision, phases, pre, datamodule, module, schedule, curves,
+        best, cache, channels_last, trainer,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before any weights or data are loaded."""
+    check_model_name(cfg.model.name)
+    strategy = plain(cfg.strategy)
+    if auto.is_auto(strategy):
+        auto.decide(1, 1, strategy.get("feature_extraction_below", 500), strategy.get("finetune_above", 2000))
+    else:
+        check_strategy(strategy)
+    if not float(cfg.get("epoch_scale", 1.0)) > 0:
+        raise ConfigError(f"epoch_scale must be > 0, got {cfg.epoch_scale}.")
+    if str(cfg.get("optimize_metric", "best_val_acc")).startswith("test"):
+        raise ConfigError(
+            f"optimize_metric={cfg.optimize_metric}: a sweep must select on validation, never on the test set. "
+            "Use best_val_acc (the default)."
+        )
+    if cfg.get("linear_probe") and (not strategy.get("pretrained", True) or cfg.cache.mode == "off"):
+        raise ConfigError(
+            "linear_probe=true fits a logistic regression on cached features of the pretrained backbone: it needs "
+            f"a pretrained strategy (this one: {strategy['name']}) and the feature cache (cache.mode=auto or on)."
+        )
+    if strategy.get("pretrained", True) and str(cfg.model.weights).lower() in ("none", "random", "null"):
+        raise ConfigError(
+            f"strategy '{strategy['name']}' starts from pretrained weights, but model.weights={cfg.model.weights}. "
+            "Use strategy=scratch to train from random weights, or set model.weights."
+        )
+
+
+def start_output(cfg: DictConfig, resume_from: Path | None) -> Path:
+    """The run directory, with the resolved config a resume reads back (a resumed run keeps its own)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume_from is None:
+        (out / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return out
+
+
+def load_backbone(cfg: DictConfig) -> tuple[nn.Module, str]:
+    """The backbone with the weights the strategy starts from (random for scratch)."""
+    pretrained = bool(plain(cfg.strategy).get("pretrained", True))
+    return create_backbone(cfg.model.name, cfg.model.weights if pretrained else None, image_size_hint(cfg))
+
+
+def image_size_hint(cfg: DictConfig) -> int | None:
+    return (cfg.dataset.get("preprocess") or {}).get("image_size")
+
+
+def scale_epochs(strategy: dict, factor: float) -> dict:
+    """The strategy with every phase's epochs multiplied by `factor` (at least 1): for quick comparisons."""
+    if factor == 1.0:
+        return strategy
+    phases = [{**p, "epochs": max(1, round(p["epochs"] * factor))} for p in strategy["phases"]]
+    return {**strategy, "phases": phases}
+
+
+def resolve_phases(cfg: DictConfig, strategy: dict, groups: list[str]) -> list[Phase]:
+    scaled = scale_epochs(strategy, float(cfg.get("epoch_scale", 1.0)))
+    return build_phases(scaled, groups, float(cfg.optimizer.weight_decay))
+
+
+def preprocessing(cfg: DictConfig, backbone: nn.Module) -> dict:
+    """The backbone's own preprocessing; the dataset config may lower the input size; the user may override."""
+    native = data_config(backbone)
+    pre = {
+        "image_size": native.input_size,
+        "mean": list(native.mean),
+        "std": list(native.std),
+        "interpolation": native.interpolation,
+        "crop_pct": native.crop_pct,
+    }
+    for source in (cfg.dataset.get("preprocess") or {}, cfg.get("preprocess") or {}):
+        pre.update({k: v for k, v in plain(source).items() if v is not None})
+    return pre
+
+
+def build_datamodule(cfg: DictConfig, pre: dict, **overrides) -> TransferDataModule:
+    """The DataModule a config describes, with the preprocessing `pre`; `overrides` replace any argument."""
+    data = cfg.data
+    kwargs = {
+        "dataset": plain(cfg.dataset),
+        **{k: pre[k] for k in ("image_size", "mean", "std", "interpolation", "crop_pct")},
+        "augment": plain(cfg.augment),
+        "batch_size": data.batch_size,
+        "num_workers": data.num_workers,
+        "on_bad_image": data.on_bad_image,
+        "balance": data.balance,
+        "background": tuple(data.background),
+        "drop_leaks": data.drop_leaks,
+        "preflight_cache": data.preflight_cache,
+        "augment_on": data.get("augment_on", "cpu"),
+        "gpus": gpus_on_node(cfg.trainer.get("accelerator", "cpu"), cfg.trainer.get("devices", 1)),
+    }
+    return TransferDataModule(**{**kwargs, **overrides})
+
+
+def build_module(cfg: DictConfig, backbone: nn.Module, blocks: dict, datamodule, pre: dict) -> TransferModule:
+    """The LightningModule, from plain values (its checkpoint loads without the config) plus the built backbone."""
+    return TransferModule(
+        model_name=cfg.model.name,
+        num_classes=datamodule.num_classes,
+        weights=str(cfg.model.weights),
+        class_names=datamodule.class_names,
+        image_size=image_size_hint(cfg),
+        head_dropout=cfg.model.head_dropout,
+        optimizer=cfg.optimizer.name,
+        weight_decay=cfg.optimizer.weight_decay,
+        momentum=cfg.optimizer.get("momentum", 0.9),
+        label_smoothing=cfg.optimizer.get("label_smoothing", 0.0),
+        class_weights=datamodule.loss_weights(),
+        preprocessing=pre,  # saved in the checkpoint: predict/export need nothing else
+        backbone=backbone,
+        blocks=blocks,
+    )
+
+
+def build_trainer(cfg: DictConfig, out: Path, schedule: PhaseSchedule, best: ModelCheckpoint, extra: list) -> L.Trainer:
+    """The Trainer, with the callbacks that keep a run's work: last.ckpt every epoch, RNG state, the NaN stop."""
+    args = plain(cfg.trainer)
+    args["precision"] = resolve_precision(args.get("precision", "32-true"), args["accelerator"])
+    last = out / "checkpoints" / LAST
+    # last.ckpt at every epoch end (Lightning's save_last only writes it in epochs where the best one improved);
+    # after `best` (Lightning keeps checkpoint callbacks in their order, after the others), so that it holds the
+    # best-so-far state of this epoch too.
+    every_epoch = ModelCheckpoint(dirpath=last.parent, filename=last.stem, enable_version_counter=False)
+    keep = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last)]
+    shown = cfg.report.train_batch_preview
+    preview = [TrainBatchPreview(out / "train_batch.png", shown)] if shown else []
+    logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    return L.Trainer(
+        **args,
+        max_epochs=schedule.total_epochs,
+        callbacks=[schedule, best, *keep, *preview, *extra],
+        logger=logger,
+        default_root_dir=str(out),
+    )
+
+
+def decide_cache(cfg, strategy: dict, phases, freeze_mode: str, datamodule, backbone, trainer) -> FeatureCache | None:
+    """Whether head-only phases train on features computed once (features.py), decided with the world size known.
+
+    Under DDP `freeze_mode` resolves to zero_lr (gradients flow through frozen groups), which no cached phase
+    allows; with data.augment_on=device the eval loaders yield un-normalised uint8 images, so no cache either.
+    """
+    cache = None
+    if not datamodule.on_device:
+        cache = feature_cache_for(plain(cfg.cache), phases, freeze_mode, datamodule, backbone, cfg.model.name)
+    if cfg.get("linear_probe") and (cache is None or not cache.all_cached):
+        raise ConfigError(
+            "linear_probe=true needs a strategy whose phases all train the head alone on a frozen backbone "
+            f"(strategy=feature_extraction); '{strategy['name']}' trains the backbone."
+        )
+    if cache is not None and cache.needs_reload():
+        trainer.reload_dataloaders_every_n_epochs = 1  # the DataModule serves per epoch: view or images
+    return cache

@@ -1,0 +1,116 @@
+"""What a finished run leaves behind: metrics.json, the TensorBoard hparams row, the console summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .build import Run
+
+
+@dataclass
+class Outcome:
+    """What fit and test measured: timings, the best checkpoint, test metrics, the report and the probe."""
+
+    fit_seconds: float
+    test_seconds: float
+    best: str | None  # path of the best checkpoint (None when no validation ran)
+    test: dict
+    phase_history: list[dict]
+    epochs: list[dict]
+    evaluation: dict | None
+    probe: dict | None
+
+
+def metrics_of(run: Run, outcome: Outcome) -> dict:
+    """The run record written to metrics.json (the compare report and `objective` read it)."""
+    cfg, module, phases, dm = run.cfg, run.module, run.phases, run.datamodule
+    best_score = run.best.best_model_score
+    return {
+        "model": cfg.model.name,
+        "weights": run.weights_id,
+        "strategy": run.strategy["name"],
+        "auto": run.decision.as_dict() if run.decision else None,
+        "phases": [p.as_dict() for p in phases],
+        "dataset": cfg.dataset.name,
+        "dataset_sizes": dm.sizes(),
+        "num_classes": dm.num_classes,
+        "class_names": dm.class_names,
+        "preprocessing": run.preprocessing,
+        "precision": str(run.trainer.precision),
+        "channels_last": run.channels_last,
+        "compile": bool(cfg.get("compile", False)),
+        "seed": cfg.seed,
+        "epochs": run.schedule.total_epochs,
+        "best_epoch": best_epoch(outcome.best),
+        "best_val_acc": float(best_score) if best_score is not None else None,
+        "fit_seconds": round(outcome.fit_seconds, 2),
+        "test_seconds": round(outcome.test_seconds, 2),
+        "trainable_params": max(module.trainable_parameters(p.train) for p in phases),
+        "trainable_params_per_phase": [module.trainable_parameters(p.train) for p in phases],
+        "total_params": module.total_parameters(),
+        "test": {k.removeprefix("test/"): float(v) for k, v in outcome.test.items()},
+        "checkpoint": outcome.best,
+        "resumed": run.resume_from is not None,
+        "history": outcome.epochs,
+        "phase_history": outcome.phase_history,
+        "data_checks": dm.report(),  # skipped/broken files, leaks removed, class counts, imbalance
+        "evaluation": outcome.evaluation,
+        "feature_cache": run.cache.report() if run.cache is not None else None,
+        "linear_probe": outcome.probe,
+    }
+
+
+def record(run: Run, outcome: Outcome) -> dict:
+    """Write the run's record (rank 0 under DDP), log its hparams row, print its summary; returns the metrics."""
+    metrics = metrics_of(run, outcome)
+    if run.trainer.is_global_zero:
+        (run.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    hparams = {
+        "model": metrics["model"],
+        "strategy": metrics["strategy"],
+        "train_images": metrics["dataset_sizes"]["train"],
+        "seed": metrics["seed"],
+        **{f"lr/{p.name}": max(p.lr.values()) for p in run.phases},
+    }
+    final = {f"hparams/test_{k}": v for k, v in metrics["test"].items()}
+    if outcome.evaluation:
+        final["hparams/test_ece"] = outcome.evaluation["ece"]
+    run.logger.log_hyperparams(hparams, final)  # rank 0 only (Lightning)
+    if run.trainer.is_global_zero:
+        print_summary(metrics, run.out)
+    return metrics
+
+
+def best_epoch(path: str | None) -> int | None:
+    if not path or "epoch=" not in path:
+        return None
+    return int(Path(path).stem.split("epoch=")[1].split("-")[0])
+
+
+def print_summary(metrics: dict, out: Path) -> None:
+    test = metrics["test"]
+    rows = [
+        ("model", metrics["model"]),
+        ("strategy", f"{metrics['strategy']} ({' -> '.join(p['name'] for p in metrics['phases'])})"),
+        *([("auto", metrics["auto"]["reason"])] if metrics.get("auto") else []),
+        ("train / val / test", " / ".join(str(metrics["dataset_sizes"][k]) for k in ("train", "val", "test"))),
+        ("trainable params", f"{metrics['trainable_params']:,} of {metrics['total_params']:,}"),
+        ("fit time", f"{metrics['fit_seconds']:.1f} s ({metrics['epochs']} epochs, best {metrics['best_epoch']})"),
+        ("test accuracy", f"{test.get('acc', float('nan')):.4f}"),
+        ("test macro F1", f"{test.get('f1', float('nan')):.4f}"),
+    ]
+    if "acc_top5" in test:
+        rows.append(("test top-5 acc", f"{test['acc_top5']:.4f}"))
+    cache = metrics.get("feature_cache")
+    if cache:
+        done = f"{len(cache['computed'])} computed, {len(cache['loaded'])} loaded"
+        rows.append(("feature cache", f"{cache['cached_epochs']} epochs on cached features ({done})"))
+    probe = metrics.get("linear_probe")
+    if probe:
+        how = f"L-BFGS, L2 {probe['l2']:g} chosen on val, {probe['seconds']} s"
+        rows.append(("linear probe acc", f"{probe['test']['acc']:.4f} ({how})"))
+    rows.append(("run dir", str(out)))
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n", flush=True)
