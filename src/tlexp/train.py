@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import auto
 from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
 from .backbones import block_map, check_model_name, create_backbone, data_config
+from .cli import precheck
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
 from .evaluate import evaluate
@@ -33,6 +34,7 @@ from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
 from .resume import LAST, RUN_CONFIG, RunState, check_resume_overrides, resume_config
+from .validate import validate_config
 
 log = logging.getLogger("tlexp")
 
@@ -78,6 +80,7 @@ def build_datamodule(cfg: DictConfig, pre: dict, **overrides) -> TransferDataMod
 
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any weights or data are loaded."""
+    validate_config(cfg)
     check_model_name(cfg.model.name)
     strategy = _plain(cfg.strategy)
     if auto.is_auto(strategy):
@@ -374,4 +377,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    precheck("train")
     main()
