@@ -260,7 +260,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "strategy.phases": Rule(
             lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(p, dict) for p in v),
             "a non-empty list of phases {name, epochs, train, lr}",
-            "[{name: head, epochs: 10, train: [head], lr: 1.0e-3}]",
+            [{"name": "head", "epochs": 10, "train": ["head"], "lr": 1e-3}],
             ("abc", [], 3),
         ),
         "strategy.feature_extraction_below": integer(1, example=500),
@@ -343,6 +343,8 @@ def _show(value) -> str:
         return str(value).lower()
     if isinstance(value, list):
         return "[" + ",".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
