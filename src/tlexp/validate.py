@@ -208,7 +208,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "epoch_scale": number(0, example=0.5, lo_open=True),
         "optimize_metric": Rule(
             lambda v: isinstance(v, str) and not v.startswith("test"),
-            "a validation key of metrics.json (never test)",
+            "a validation key of metrics.json, never on the test set",
             "best_val_acc",
             ("test.acc", 3),
         ),
