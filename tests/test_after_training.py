@@ -50,7 +50,7 @@ def run(tmp_path_factory, tiny_weights):
         f"dataset.root={base / 'images'}",
         "dataset.val_fraction=0.2",
         "dataset.test_fraction=0.25",
-        "+preprocess.image_size=32",  # crop_pct stays the backbone's 0.875: resize 37, centre-crop 32
+        "preprocess.image_size=32",  # crop_pct stays the backbone's 0.875: resize 37, centre-crop 32
         "strategy=finetune",
         "strategy.phases=[{name: all, epochs: 2, train: [all], lr: 3.0e-3}]",
         "data.batch_size=16",

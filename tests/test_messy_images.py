@@ -144,7 +144,7 @@ def _inspect_cfg(root: Path, out: Path, *extra: str):
                 "model=test_resnet",
                 "dataset=imagefolder",
                 f"dataset.root={root}",
-                "+preprocess.image_size=32",
+                "preprocess.image_size=32",
                 "samples_per_class=3",
                 "data.preflight_cache=null",
                 f"output_dir={out}",
@@ -181,7 +181,7 @@ def test_training_skips_bad_files_counts_them_and_error_stops_with_the_list(tmp_
     overrides = (
         "dataset=imagefolder",
         f"dataset.root={root}",
-        "+preprocess.image_size=32",
+        "preprocess.image_size=32",
         f"data.preflight_cache={tmp_path / 'cache'}",
         "strategy=feature_extraction",
         "strategy.phases.0.epochs=1",

@@ -6,11 +6,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from . import auto
+from .cli import precheck
 from .data import TransferDataModule
 from .errors import exit_on_user_error
+from .validate import validate_config
 
 
 def advise(cfg: DictConfig) -> auto.Decision:
+    validate_config(cfg)
     strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
     if not auto.is_auto(strategy):  # thresholds come from conf/strategy/auto.yaml unless given
         strategy = OmegaConf.to_container(OmegaConf.load(auto.CONF / "strategy" / "auto.yaml"))
@@ -30,4 +33,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    precheck("advise")
     main()

@@ -29,6 +29,7 @@ from .module import TransferModule
 from .phases import Phase, PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
 from .resume import LAST, RUN_CONFIG, RunState, resume_config
+from .validate import check_writable, validate_config
 
 
 @dataclass
@@ -98,6 +99,7 @@ def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
 
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any weights or data are loaded."""
+    validate_config(cfg)
     check_model_name(cfg.model.name)
     strategy = plain(cfg.strategy)
     if auto.is_auto(strategy):
@@ -126,6 +128,7 @@ def check_config(cfg: DictConfig) -> None:
 def start_output(cfg: DictConfig, resume_from: Path | None) -> Path:
     """The run directory, with the resolved config a resume reads back (a resumed run keeps its own)."""
     out = Path(cfg.output_dir)
+    check_writable(out, "Pass hydra.run.dir=<a writable folder> (or output_dir=...).")
     out.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         (out / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -139,7 +142,11 @@ def load_backbone(cfg: DictConfig) -> tuple[nn.Module, str]:
 
 
 def image_size_hint(cfg: DictConfig) -> int | None:
-    return (cfg.dataset.get("preprocess") or {}).get("image_size")
+    """The input size the user or the dataset asks for (ViT-style backbones resample their position embedding)."""
+    for source in (cfg.get("preprocess") or {}, cfg.dataset.get("preprocess") or {}):
+        if source.get("image_size"):
+            return source.get("image_size")
+    return None
 
 
 def scale_epochs(strategy: dict, factor: float) -> dict:

@@ -11,8 +11,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .cli import precheck
 from .errors import ConfigError, exit_on_user_error
 from .report import write_report
+from .validate import validate_config
 
 OWN_KEYS = {"strategies", "seeds", "sizes", "size_unit", "report_only", "dir"}
 SIZE_KEYS = {"per_class": "dataset.per_class", "total": "dataset.train_size"}
@@ -50,6 +52,7 @@ def passthrough_overrides() -> list[str]:
 
 
 def compare(cfg: DictConfig) -> dict:
+    validate_config(cfg)
     out = Path(cfg.dir)
     runs_dir = out / "runs"
     if cfg.report_only:
@@ -73,4 +76,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    precheck("compare")
     main()

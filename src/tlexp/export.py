@@ -22,6 +22,7 @@ from . import __version__
 from .cli import parse_args, run_dir_of
 from .errors import ConfigError, exit_on_user_error
 from .inference import load_classifier, load_trained, sidecar_path
+from .validate import check_writable
 
 log = logging.getLogger("tlexp")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -117,8 +118,9 @@ def run(cfg) -> dict:
     ckpt = Path(cfg.ckpt).expanduser()
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format}: choose {' or '.join(FORMATS)}.")
-    module = load_trained(ckpt)
     out = Path(cfg.out) if cfg.get("out") else run_dir_of(ckpt) / "export" / f"{ckpt.stem}{FORMATS[cfg.format]}"
+    check_writable(out.parent, f"Pass out=<a writable path>/model{FORMATS[cfg.format]} (now {out}).")
+    module = load_trained(ckpt)
     card = export(module, cfg.format, out, training_summary(ckpt), str(ckpt))
     print(
         f"\n  exported  {out} ({cfg.format}, {out.stat().st_size / 1e6:.1f} MB)\n  card      {sidecar_path(out)}\n"

@@ -19,8 +19,11 @@ from omegaconf import DictConfig
 
 from .backbones import create_backbone
 from .build import build_datamodule, preprocessing
+from .cli import precheck
 from .data import TransferDataModule
-from .errors import exit_on_user_error
+from .data.sources import IMAGE_EXTENSIONS
+from .errors import DataError, exit_on_user_error
+from .validate import validate_config
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,6 +33,8 @@ log = logging.getLogger("tlexp")
 
 def inspect(cfg: DictConfig) -> dict:
     """Run every data check tlexp runs before training, collect the findings, draw the two figures."""
+    validate_config(cfg)
+    check_has_images(cfg.dataset)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     size_hint = (cfg.dataset.get("preprocess") or {}).get("image_size")
@@ -37,7 +42,7 @@ def inspect(cfg: DictConfig) -> dict:
     pre = preprocessing(cfg, backbone)
     # every bad file listed instead of a stop at them; structural problems noted instead of raised
     dm = build_datamodule(cfg, pre, on_bad_image="skip", strict=False)
-    dm.setup()
+    _setup(dm)
     checks, names = dm.checks, dm.class_names
     probes = [p for p in dm.probes.values() if not p.reason]
     report = {
@@ -55,10 +60,56 @@ def inspect(cfg: DictConfig) -> dict:
         "preprocessing": pre,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(format_report(report, out), flush=True)
     plot_counts(report["counts"], out / "class_counts.png")
     plot_samples(dm, int(cfg.samples_per_class), out / "samples.png")
-    print(format_report(report, out), flush=True)
     return report
+
+
+def stop_if_training_would(report: dict, cfg: DictConfig) -> None:
+    """A DataError (exit status 2) when the report lists a problem that would stop `tlexp.train`."""
+    stopping = list(report["problems"])
+    if cfg.data.on_bad_image == "error" and report["bad_files"]:
+        stopping.append(f"{len(report['bad_files'])} unreadable file(s) with data.on_bad_image=error")
+    if stopping:
+        raise DataError(
+            f"{len(stopping)} problem(s) that stop training (listed above, and in {cfg.output_dir}/report.json): "
+            + "; ".join(stopping)
+        )
+
+
+def check_has_images(dataset: DictConfig) -> None:
+    """An image folder must hold at least one image file somewhere, else nothing below can say what is wrong."""
+    if dataset.get("source") != "imagefolder" or not dataset.get("root"):
+        return
+    root = Path(str(dataset.root)).expanduser()
+    if not root.is_dir():
+        return  # the source's own message says the folder does not exist
+    files = (p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    others = []
+    for p in files:
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            return
+        if len(others) < 3:
+            others.append(str(p.relative_to(root)))
+    found = f" It holds other files, e.g. {', '.join(others)}." if others else " It holds no files."
+    raise DataError(
+        f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}).{found} Expected one "
+        f"subfolder per class with images (e.g. {root}/cat/1.jpg, {root}/dog/2.jpg), or train/ val/ test/ "
+        "subfolders that each hold the class folders."
+    )
+
+
+def _setup(dm: TransferDataModule) -> None:
+    """dm.setup(); when the splits cannot be made from what is left (e.g. every file unreadable), the problems
+    the scan noted are the message, not the KeyError or IndexError of the splitting."""
+    try:
+        dm.setup()
+    except (KeyError, IndexError, ValueError) as err:
+        noted = list(dm.source.problems) if dm.source is not None else []
+        if not noted:
+            raise
+        raise DataError("cannot make train/val/test splits: " + "; ".join(noted)) from err
 
 
 def format_report(r: dict, out: Path) -> str:
@@ -127,8 +178,9 @@ def plot_samples(dm: TransferDataModule, per_class: int, path: Path) -> None:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="inspect")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    inspect(cfg)
+    stop_if_training_would(inspect(cfg), cfg)
 
 
 if __name__ == "__main__":
+    precheck("inspect")
     main()

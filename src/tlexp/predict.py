@@ -23,6 +23,7 @@ from .data.images import open_rgb
 from .data.sources import IMAGE_EXTENSIONS
 from .errors import ConfigError, exit_on_user_error
 from .inference import Classifier, load_classifier
+from .validate import check_writable
 
 log = logging.getLogger("tlexp")
 
@@ -127,6 +128,8 @@ def write(records: list[dict], out: Path, k: int) -> tuple[Path, Path]:
 
 
 def run(cfg) -> list[dict]:
+    # Before any image is labelled: a read-only or full output folder would lose all that work at the end.
+    check_writable(Path(cfg.out).expanduser().parent, f"Pass out=<a writable path>/predictions (now out={cfg.out}).")
     classifier = load_classifier(cfg.ckpt)
     paths = find_inputs(cfg.input)
     k = max(1, min(int(cfg.top_k), len(classifier.class_names)))

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from .build import Run, build_run
+from .cli import precheck
 from .errors import exit_on_user_error
 from .evaluate import evaluate
 from .linear_probe import linear_probe
@@ -129,4 +130,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    precheck("train")
     main()

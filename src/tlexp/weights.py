@@ -113,18 +113,21 @@ def load_file(model: nn.Module, name: str, path: str) -> str:
     file = Path(path).expanduser()
     if not file.is_file():
         raise WeightsUnavailable(f"model '{name}': weights file {file} does not exist. " + _how_to_supply(name))
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file as load_safetensors
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file as load_safetensors
 
-        obj = load_safetensors(str(file))
-    else:
-        try:
+            obj = load_safetensors(str(file))
+        else:
             obj = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
-            raise WeightsUnavailable(
-                f"model '{name}': cannot read weights file {file} ({type(err).__name__}: {err}). "
-                "Pass a torch state dict, a .safetensors file or a Lightning checkpoint."
-            ) from err
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+        # Not torch's own text: its advice (weights_only=False, file an issue) is wrong for a file that is not
+        # weights at all, and unsafe for a file of unknown origin.
+        raise WeightsUnavailable(
+            f"model '{name}': {file} is not a valid PyTorch or safetensors weights file (it could not be read "
+            f"as either: {type(err).__name__}). Pass a torch state dict (.pth/.pt), a .safetensors file or a "
+            "Lightning checkpoint of the same architecture. " + _how_to_supply(name)
+        ) from err
     state = _extract_state_dict(obj)
     target = model.state_dict()
     state = {k: v for k, v in state.items() if not (k.startswith(_HEAD_PREFIXES) and k not in target)}
