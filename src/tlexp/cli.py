@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 VERBATIM = ("ckpt", "input", "out")
 
 
