@@ -10,9 +10,9 @@ ARGS   ?=
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: ## create .venv, install tlexp (editable, with dev tools) and the Fashion-MNIST Debian package
+install: ## create .venv, install tlexp (editable, dev tools, torch pinned by constraints.txt) and the Fashion-MNIST Debian package
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	@$(PY) -c "import torch; print('torch', torch.__version__, '| CUDA build' if torch.version.cuda else '| CPU build')"
 	@$(MAKE) --no-print-directory fashion-mnist
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -24,7 +24,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 def compose_cfg(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_module(config_module="tlexp.conf", version_base="1.3"):  # what the entry points use
         return compose(config_name="train", overrides=list(overrides))
 
 

@@ -27,7 +27,7 @@ def advise(cfg: DictConfig) -> auto.Decision:
     return decision
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="advise")
+@hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="advise")
 def main(cfg: DictConfig) -> None:
     exit_on_user_error(advise)(cfg)
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from .errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 CHOICES = ("feature_extraction", "gradual", "finetune")
 
 

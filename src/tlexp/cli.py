@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError, exit_on_user_error
 from .validate import user_keys, validate_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 VERBATIM = ("ckpt", "input", "out")
 
 

@@ -70,7 +70,7 @@ def compare(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="compare")
+@hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
     exit_on_user_error(compare)(cfg)
 

@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__
 from .cli import parse_args, run_dir_of
 from .errors import ConfigError, exit_on_user_error
-from .inference import load_classifier, load_trained, sidecar_path
+from .inference import load_classifier, load_trained, onnx_module, sidecar_path
 from .validate import check_writable
 
 log = logging.getLogger("tlexp")
@@ -34,6 +34,9 @@ def export(module, fmt: str, path: Path, training: dict | None = None, checkpoin
     """Write `module` as `fmt` to `path` and its card to `path.json`; check the file against the module."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt}: choose {' or '.join(FORMATS)}.")
+    if fmt == "onnx":  # stop before writing anything: torch.onnx.export needs onnx, the check below onnxruntime
+        onnx_module("onnx")
+        onnx_module("onnxruntime")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval().cpu()

@@ -6,6 +6,7 @@ an exported file in the sidecar JSON written next to it (`model.onnx` -> `model.
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 from collections.abc import Callable
@@ -88,9 +89,18 @@ def load_classifier(path: Path | str) -> Classifier:
     return Classifier(forward, card["class_names"], card["preprocessing"], suffix.lstrip("."))
 
 
-def _onnx_forward(path: Path, input_name: str):
-    import onnxruntime as ort
+def onnx_module(name: str):
+    """Import `onnx` or `onnxruntime`; they are the optional `export` extra, so say how to get them when missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ConfigError(
+            f'{name} is not installed; ONNX export and .onnx models need it: pip install "tlexp[export]"'
+        ) from err
 
+
+def _onnx_forward(path: Path, input_name: str):
+    ort = onnx_module("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -175,7 +175,7 @@ def plot_samples(dm: TransferDataModule, per_class: int, path: Path) -> None:
     plt.close(fig)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="inspect")
+@hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="inspect")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     stop_if_training_would(inspect(cfg), cfg)

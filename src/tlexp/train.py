@@ -120,7 +120,7 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
         return None
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     if cfg.get("resume"):
         exit_on_user_error(check_resume_overrides)(list(HydraConfig.get().overrides.task))
