@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import numpy as np
 import PIL
 import pytest
 import timm
@@ -296,3 +297,21 @@ def test_cache_on_with_a_strategy_that_trains_the_backbone_is_an_error(tmp_path,
         train(_cfg(tmp_path, tiny_weights, "run", "strategy=finetune", "cache.mode=on"))
     with pytest.raises(ConfigError, match="linear_probe"):
         train(_cfg(tmp_path, tiny_weights, "run", "strategy=gradual", "linear_probe=true"))
+
+
+def test_cached_train_loader_draws_classes_balanced_with_balance_sampler(tmp_path, tiny_weights):
+    backbone, _ = create_backbone(TINY, str(tiny_weights))
+    dataset = {**SYNTHETIC, "images_per_class": 60}
+    dm = TransferDataModule(dataset, 32, (0.5,) * 3, (0.5,) * 3, crop_pct=1.0, batch_size=16, balance="sampler")
+    dm.setup()
+    labels = dm.splits["train"].labels
+    keep = np.concatenate([np.flatnonzero(labels == 0)] + [np.flatnonzero(labels == c)[:4] for c in (1, 2, 3)])
+    dm.splits["train"] = dm.splits["train"].subset(keep)  # class 0: 36 images, the others 4 each
+    dm.features = FeatureCache(dm, backbone, TINY, 10, True, 0, FeatureStore(tmp_path))
+    loaders = [dm.train_dataloader()] + [dm.features.loader("train", epoch) for epoch in range(1, 10)]
+    assert all(batch[0].ndim == 2 for batch in loaders[0])  # served from the cache
+    drawn = np.bincount(torch.cat([y for loader in loaders for _, y in loader]).numpy(), minlength=4)
+    # Unbalanced, class 0 would take 75 % of the draws; balanced, each class about a quarter.
+    assert (np.abs(drawn / drawn.sum() - 0.25) < 0.08).all(), drawn
+    epochs = [torch.cat([y for _, y in loader]) for loader in loaders[:2]]
+    assert not torch.equal(*epochs)  # each epoch draws afresh

@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .data.balance import balanced_sampler
 from .data.images import ImageSet, TransformedImages
 from .errors import ConfigError
 
@@ -314,13 +315,20 @@ class FeatureCache:
     def loader(self, split: str, epoch: int | None) -> DataLoader:
         train = split == "train"
         feats, labels = self.features(split, self.view_for(split, epoch) if train else None)
+        sampler = self._balanced_sampler(labels, epoch) if train and self.dm.balance == "sampler" else None
         # Same batching as the image loaders, so both paths take the same steps; tensors in memory need no workers.
         return DataLoader(
             TensorDataset(feats, labels),
             batch_size=self.dm.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(labels) > self.dm.batch_size,
         )
+
+    def _balanced_sampler(self, labels: torch.Tensor, epoch: int | None):
+        """data.balance=sampler, as for images; seeded per epoch, since cached loaders may be rebuilt each epoch."""
+        seed = int(self.dm.cfg.get("split_seed", 0)) + (epoch or 0)
+        return balanced_sampler(labels.numpy(), self.dm.num_classes, seed)
 
     def needs_reload(self) -> bool:
         """Whether the training loader changes between epochs (views, or images after the cached phases)."""
