@@ -315,3 +315,13 @@ def test_cached_train_loader_draws_classes_balanced_with_balance_sampler(tmp_pat
     assert (np.abs(drawn / drawn.sum() - 0.25) < 0.08).all(), drawn
     epochs = [torch.cat([y for _, y in loader]) for loader in loaders[:2]]
     assert not torch.equal(*epochs)  # each epoch draws afresh
+
+
+def test_a_phase_with_bn_train_runs_on_images_not_on_cached_features(tmp_path, tiny_weights):
+    # bn: train updates the frozen backbone's statistics on every batch: features computed once would hide that.
+    calls = BackboneCalls()
+    metrics = train(_cfg(tmp_path, tiny_weights, "run", "strategy.bn=train", "cache.mode=auto"), callbacks=[calls])
+    assert metrics["feature_cache"] is None and calls.cache is None
+    assert all(batch.ndim == 4 for batch in calls.batches)
+    with pytest.raises(ConfigError, match="cache.mode=on, but this strategy cannot train on cached features"):
+        train(_cfg(tmp_path, tiny_weights, "again", "strategy.bn=train", "cache.mode=on"))
