@@ -102,7 +102,8 @@ def test_cached_run_equals_the_image_run_without_augmentation(three_runs):
 
 def test_linear_probe_row_is_reported_on_a_cold_and_a_warm_cache(three_runs):
     cold, warm = three_runs["cold"][0]["linear_probe"], three_runs["warm"][0]["linear_probe"]
-    assert 0.0 <= cold["test"]["acc"] <= 1.0 and cold["l2"] in cold["l2_grid"]
+    # The synthetic classes are colours: linearly separable in any backbone's features (chance is 0.25).
+    assert cold["test"]["acc"] > 0.9 and cold["l2"] in cold["l2_grid"]
     assert warm["test"] == pytest.approx(cold["test"], abs=1e-6)
     assert three_runs["images"][0]["linear_probe"] is None
 
