@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,7 +81,11 @@ def test_training_leaves_the_evaluation_report(run):
     # Our report and torchmetrics (logged during test) must agree on the same checkpoint.
     assert summary["accuracy"] == pytest.approx(metrics["test"]["acc"], abs=1e-4)
     assert float(rows[3]["f1"]) == pytest.approx(metrics["test"]["f1"], abs=1e-3)
-    assert 0 <= summary["ece"] <= 1 and summary["temperature"] > 0 and "ece_scaled" in summary
+    # ECE (torchmetrics) agrees with the reliability bins drawn in reliability.png (calibration.py), computed apart.
+    bins = [b for b in summary["reliability_bins"] if b["count"]]
+    by_bins = sum(b["count"] / summary["images"] * abs(b["accuracy"] - b["confidence"]) for b in bins)
+    assert summary["ece"] == pytest.approx(by_bins, abs=1e-6)
+    assert {"temperature", "ece_scaled", "nll_scaled"} <= summary.keys()  # report.temperature=true: scaling reported
     assert metrics["evaluation"]["ece"] == summary["ece"]
     assert "| ant |" in (out / "classification_report.md").read_text()
 
@@ -243,3 +248,36 @@ def test_per_class_report_from_a_known_confusion_matrix():
     assert rows[1]["f1"] == pytest.approx(2 * 0.6 * 0.75 / 1.35)
     assert rows[2]["support"] == 0 and rows[2]["f1"] == 0
     assert rows[4]["recall"] == pytest.approx(11 / 14)  # support-weighted recall = accuracy
+
+
+def test_report_confusion_matrix_and_ece_match_a_hand_computation(tmp_path, monkeypatch):
+    # (true class, predicted probabilities); confidences sit inside 15-bin cells, away from the edges k/15.
+    rows = [
+        (0, [0.9, 0.05, 0.05]),
+        (0, [0.9, 0.05, 0.05]),
+        (0, [0.1, 0.7, 0.2]),
+        (1, [0.2, 0.7, 0.1]),
+        (1, [0.2, 0.7, 0.1]),
+        (1, [0.55, 0.25, 0.2]),
+        (2, [0.1, 0.35, 0.55]),
+        (2, [0.45, 0.3, 0.25]),
+    ]
+    labels = torch.tensor([t for t, _ in rows])
+    logits = torch.tensor([p for _, p in rows]).log()  # softmax(log p) = p
+    shown = []
+    original = evaluate.figures.confusion_figure
+    monkeypatch.setattr(evaluate.figures, "confusion_figure", lambda m, n: shown.append(m) or original(m, n))
+    datamodule = SimpleNamespace(class_names=["a", "b", "c"])
+    summary = evaluate.evaluate(
+        None, datamodule, tmp_path, temperature=False, top_loss_count=0, logits=(logits, labels)
+    )
+    np.testing.assert_array_equal(shown[0], [[2, 1, 0], [1, 2, 0], [1, 0, 1]])  # rows: true class, columns: predicted
+    # Bins by confidence: 0.9 (2 right of 2), 0.7 (2 of 3), 0.55 (1 of 2), 0.45 (0 of 1).
+    ece = 2 / 8 * (1 - 0.9) + 3 / 8 * abs(2 / 3 - 0.7) + 2 / 8 * abs(1 / 2 - 0.55) + 1 / 8 * abs(0 - 0.45)
+    assert summary["ece"] == pytest.approx(ece, abs=1e-6)
+    assert summary["accuracy"] == pytest.approx(5 / 8) and summary["misclassified"] == 3
+    with open(tmp_path / "classification_report.csv") as f:
+        report = {r["class"]: r for r in csv.DictReader(f)}
+    assert [int(report[c]["support"]) for c in "abc"] == [3, 3, 2]
+    assert float(report["a"]["precision"]) == pytest.approx(2 / 4, abs=1e-4)
+    assert json.loads((tmp_path / "summary.json").read_text())["ece"] == summary["ece"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tlexp.module import TransferModule
-from tlexp.phases import build_phases
+from tlexp.phases import PhaseSchedule, build_phases
 
 from .conftest import TINY
 
@@ -19,19 +20,14 @@ def module():
 
 
 def _phase(module, train, lr=1e-3):
-    (phase,) = build_phases({"name": "t", "phases": [{"epochs": 1, "train": train, "lr": lr}]}, module.group_names, 0.0)
+    strategy = {"name": "t", "phases": [{"epochs": 1, "train": train, "lr": lr}]}
+    (phase,) = build_phases(strategy, module.group_names, weight_decay=0.01)
     return phase
 
 
 def _apply(module, optimizer, phase):
-    # What PhaseSchedule.apply does to the groups (requires_grad mode), without a Trainer.
-    for group in optimizer.param_groups:
-        trains = group["name"] in phase.train
-        group["lr"] = phase.lr.get(group["name"], 0.0)
-        group["weight_decay"] = 0.01 if trains else 0.0
-        for p in group["params"]:
-            p.requires_grad_(trains)
-    module.set_frozen_bn([g for g in module.group_names if g not in phase.train])
+    # The real PhaseSchedule.apply (requires_grad mode): of the Trainer it reads only the optimizer.
+    PhaseSchedule([phase], freeze_mode="requires_grad").apply(SimpleNamespace(optimizers=[optimizer]), module, 0, True)
 
 
 def test_audit_table_lists_every_group_with_count_lr_wd_and_bn(module, caplog):

@@ -147,13 +147,90 @@ def test_gradual_run_applies_each_phase(tiny_cfg):
     assert [p["name"] for p in metrics["phases"]] == ["head", "last_block", "all"]
 
 
+class BatchNormStats(Callback):
+    """Every BatchNorm's running_mean per group, at the start and at the end of training."""
+
+    def __init__(self):
+        self.start, self.end = {}, {}
+
+    @staticmethod
+    def _means(pl_module) -> dict[str, list[torch.Tensor]]:
+        return {g: [bn.running_mean.clone() for bn in bns] for g, bns in pl_module._bn_by_group.items() if bns}
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = self._means(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.end = self._means(pl_module)
+
+    def moved(self, group: str) -> bool:
+        return any(not torch.equal(a, b) for a, b in zip(self.start[group], self.end[group], strict=True))
+
+
 def test_bn_train_lets_frozen_groups_update_their_statistics(tiny_cfg):
-    recorder = Recorder()
+    recorder, stats = Recorder(), BatchNormStats()
     cfg = tiny_cfg("strategy=feature_extraction", "strategy.bn=train", "strategy.phases.0.epochs=1")
-    train(cfg, callbacks=[recorder])
+    train(cfg, callbacks=[recorder, stats])
     first = recorder.epochs[0]
     assert not any(first["trainable"][g] for g in first["trainable"] if g != "head")
     assert all(all(flags) for flags in first["bn_training"].values())
+    assert stats.start and all(stats.moved(g) for g in stats.start), "frozen groups' BN statistics did not update"
+
+
+def test_bn_frozen_keeps_frozen_groups_statistics_and_updates_trainable_ones(tiny_cfg):
+    stats = BatchNormStats()
+    phases = "strategy.phases=[{name: last, epochs: 1, train: [head, last], lr: 1e-3}]"
+    train(tiny_cfg("strategy=gradual", phases, "strategy.bn=frozen"), callbacks=[stats])
+    assert set(stats.start) == {"stem", "stage1", "stage2", "stage3", "stage4"}
+    assert stats.moved("stage4"), "the trainable stage's BN statistics did not update"
+    assert not any(stats.moved(g) for g in ("stem", "stage1", "stage2", "stage3")), "a frozen group's stats moved"
+
+
+class StepLrs(Callback):
+    """Each group's learning rate at every optimizer step, by group name."""
+
+    def __init__(self):
+        self.steps: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps.append({group["name"]: group["lr"] for group in optimizer.param_groups})
+
+
+def test_finetune_trains_pretrained_groups_10x_slower_than_the_head_at_run_time(tiny_cfg):
+    cfg = tiny_cfg("strategy=finetune", "strategy.phases.0.epochs=2")
+    configured = cfg.strategy.phases[0].lr
+    ratio = configured.head / configured.backbone
+    assert ratio == pytest.approx(10)
+    lrs = StepLrs()
+    train(cfg, callbacks=[lrs])
+    assert len(lrs.steps) > 4 and lrs.steps[0]["head"] == pytest.approx(configured.head)
+    for step in lrs.steps:
+        backbone = [lr for name, lr in step.items() if name != "head"]
+        assert step["head"] > 0 and backbone == pytest.approx([step["head"] / ratio] * len(backbone)), step
+
+
+def test_a_newly_unfrozen_group_starts_with_fresh_optimizer_state(tiny_cfg):
+    # zero_lr: frozen groups get gradients, so AdamW builds state for them that the next phase must not inherit.
+    cfg = tiny_cfg("strategy=gradual", short_phases("gradual", epochs=1), "freeze_mode=zero_lr")
+    seen = {}
+
+    class OptimizerState(Callback):
+        def _states(self, trainer, pl_module, group):
+            return [trainer.optimizers[0].state.get(p, {}) for p in pl_module.groups[group]]
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                seen["stage4 after phase 1"] = [s.get("step", 0) for s in self._states(trainer, pl_module, "stage4")]
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 0:  # phase 2's first step, before its optimizer step
+                seen["stage4"] = self._states(trainer, pl_module, "stage4")
+                seen["head"] = self._states(trainer, pl_module, "head")
+
+    train(cfg, callbacks=[OptimizerState()])
+    assert all(step > 0 for step in seen["stage4 after phase 1"])  # there was state to reset
+    assert all(state == {} for state in seen["stage4"]), "stage4 kept its phase-1 optimizer state"
+    assert all(state.get("step", 0) > 0 for state in seen["head"])  # a group that kept training keeps its state
 
 
 def test_bn_eval_keeps_every_batchnorm_in_eval_mode_while_it_trains(tiny_cfg):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
 from . import calibration, figures
 from .cli import parse_args, run_dir_of
@@ -47,8 +48,13 @@ def collect_logits(module, loader, device=None, limit: float | int = 1.0) -> tup
 
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> np.ndarray:
-    flat = labels.numpy() * num_classes + predicted.numpy()
-    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+    """Counts with rows = true class, columns = predicted class."""
+    return MulticlassConfusionMatrix(num_classes)(predicted, labels).numpy()
+
+
+def ece(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Expected calibration error over BINS equal-width confidence bins (top-1, L1)."""
+    return float(MulticlassCalibrationError(probs.shape[1], n_bins=BINS, norm="l1")(probs, labels))
 
 
 def per_class_report(matrix: np.ndarray, class_names: list[str]) -> list[dict]:
@@ -145,13 +151,12 @@ def evaluate(
         figures.save(grid, out / "top_losses.png", tensorboard, "eval/top_losses")
 
     bins = calibration.reliability_bins(probs, labels, BINS)
-    ece = calibration.expected_calibration_error(probs, labels, BINS)
     summary = {
         "split": split,
         "images": int(len(labels)),
         "accuracy": accuracy,
         "macro_f1": rows[-2]["f1"],
-        "ece": ece,
+        "ece": ece(probs, labels),
         "nll": calibration.nll(logits, labels),
         "misclassified": int((predicted != labels).sum()),
         "worst_classes_by_recall": [r["class"] for r in sorted(rows[: len(names)], key=lambda r: r["recall"])[:3]],
@@ -167,10 +172,10 @@ def evaluate(
         scaled_bins = calibration.reliability_bins(scaled, labels, BINS)
         summary.update(
             temperature=t,
-            ece_scaled=calibration.expected_calibration_error(scaled, labels, BINS),
+            ece_scaled=ece(scaled, labels),
             nll_scaled=calibration.nll(logits, labels, t),
         )
-    fig = figures.reliability_figure(bins, ece, scaled_bins, summary.get("ece_scaled"))
+    fig = figures.reliability_figure(bins, summary["ece"], scaled_bins, summary.get("ece_scaled"))
     figures.save(fig, out / "reliability.png", tensorboard, "eval/reliability")
     summary["reliability_bins"] = bins
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

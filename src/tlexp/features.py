@@ -17,10 +17,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import PIL
+import timm
 import torch
+import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .data.balance import balanced_sampler
 from .data.images import ImageSet, TransformedImages
 from .errors import ConfigError
 
@@ -59,6 +63,40 @@ def weights_fingerprint(backbone: nn.Module) -> str:
         h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def transform_steps(transform) -> list[str]:
+    """The transform's shape: its steps by class name (their settings are keyed one by one)."""
+    return [type(t).__name__ for t in getattr(transform, "transforms", [transform])]
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that decode, transform and forward the images: a new release may change any."""
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def forward_numerics(backbone: nn.Module) -> dict:
+    """What changes the backbone's output besides its weights: compute dtype, device, memory format, compile, TF32."""
+    param = next(backbone.parameters())
+    device = param.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return {
+        "dtype": str(torch.get_autocast_dtype(device) if autocast else param.dtype),
+        "device": device,
+        # NHWC weights (accel.apply_channels_last) pick other convolution kernels: other rounding.
+        "channels_last": any(
+            p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+            for p in backbone.parameters()
+        ),
+        "compiled": getattr(backbone, "_compiled_call_impl", None) is not None,  # set by nn.Module.compile()
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+    }
 
 
 def cache_key(parts: dict) -> str:
@@ -229,13 +267,24 @@ class FeatureCache:
         return epoch % self.views if split == "train" and self.views else None
 
     def key(self, split: str, view: int | None) -> str:
+        """Hash of everything the features of `split` (eval transform, or augmented `view`) depend on."""
         if self._weights is None:
             self._weights = weights_fingerprint(self.backbone)
         dm = self.dm
         parts = {
             "backbone": self.model_name,
             "weights": self._weights,
-            "preprocess": [dm.image_size, list(dm.mean), list(dm.std), dm.interpolation, dm.crop_pct],
+            "forward": forward_numerics(self.backbone),
+            "versions": library_versions(),
+            "preprocess": {
+                "image_size": dm.image_size,
+                "mean": list(dm.mean),
+                "std": list(dm.std),
+                "interpolation": dm.interpolation,
+                "crop_pct": dm.crop_pct,
+                "background": list(dm.background),  # transparent pixels are composited on it when decoded
+            },
+            "transform": transform_steps(dm.eval_transform if view is None else dm.train_transform),
             "dataset": dm.source.identity,
             "split": split,
             "images": images_fingerprint(dm.splits[split]),  # captures split_seed, per_class, train_size
@@ -266,13 +315,20 @@ class FeatureCache:
     def loader(self, split: str, epoch: int | None) -> DataLoader:
         train = split == "train"
         feats, labels = self.features(split, self.view_for(split, epoch) if train else None)
+        sampler = self._balanced_sampler(labels, epoch) if train and self.dm.balance == "sampler" else None
         # Same batching as the image loaders, so both paths take the same steps; tensors in memory need no workers.
         return DataLoader(
             TensorDataset(feats, labels),
             batch_size=self.dm.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(labels) > self.dm.batch_size,
         )
+
+    def _balanced_sampler(self, labels: torch.Tensor, epoch: int | None):
+        """data.balance=sampler, as for images; seeded per epoch, since cached loaders may be rebuilt each epoch."""
+        seed = int(self.dm.cfg.get("split_seed", 0)) + (epoch or 0)
+        return balanced_sampler(labels.numpy(), self.dm.num_classes, seed)
 
     def needs_reload(self) -> bool:
         """Whether the training loader changes between epochs (views, or images after the cached phases)."""
