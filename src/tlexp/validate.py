@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 _ABSENT = object()
 
 
