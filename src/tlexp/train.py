@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import auto
 from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
+from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
@@ -116,7 +117,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if ckpt_path is None:
-        (out / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(out / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     strategy = _plain(cfg.strategy)
     pretrained = bool(strategy.get("pretrained", True))
@@ -190,6 +191,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         **trainer_args,
         max_epochs=schedule.total_epochs,
         callbacks=[schedule, checkpoints, curves, *guards, *preview, *(callbacks or [])],
+        plugins=[AtomicCheckpointIO()],
         logger=logger,
         default_root_dir=str(out),
     )
@@ -271,7 +273,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "linear_probe": probe,
     }
     if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     hparams = {
         "model": cfg.model.name,
         "strategy": strategy["name"],
@@ -359,7 +361,7 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         record = {"error": str(err), "type": type(err).__name__, "traceback": traceback.format_exc()}
-        (out / "error.json").write_text(json.dumps(record, indent=2))
+        write_text(out / "error.json", json.dumps(record, indent=2))
         log.error("run %s failed (%s): %s; the sweep goes on", out, type(err).__name__, err)
         return None
 
