@@ -27,7 +27,7 @@ from .data import TransferDataModule
 from .errors import ConfigError, exit_on_user_error
 from .evaluate import evaluate
 from .features import feature_cache_for
-from .guards import StopOnNonFinite
+from .guards import RequireTraining, StopOnNonFinite
 from .history import EpochHistory
 from .linear_probe import linear_probe
 from .module import TransferModule
@@ -182,7 +182,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     # listed after `checkpoints` so that it holds the best-so-far state of this epoch too.
     last = out / "checkpoints" / LAST
     every_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename=last.stem, enable_version_counter=False)
-    guards = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last)]
+    guards = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last), RequireTraining()]
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     report = cfg.report
     shown = report.train_batch_preview
