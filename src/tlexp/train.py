@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from . import auto
-from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
+from .accel import gpus_on_node, precision_ran, prepare_backbone, resolve_channels_last, resolve_precision
 from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
@@ -247,10 +247,12 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
         "phases": [p.as_dict() for p in phases],
         "dataset": cfg.dataset.name,
         "dataset_sizes": datamodule.sizes(),
+        "dataset_requested": {k: cfg.dataset.get(k) for k in ("per_class", "train_size")},
         "num_classes": datamodule.num_classes,
         "class_names": datamodule.class_names,
         "preprocessing": pre,
-        "precision": str(trainer_args["precision"]),
+        "precision": precision_ran(trainer),
+        "precision_requested": str(cfg.trainer.get("precision", "32-true")),
         "channels_last": channels_last,
         "compile": bool(cfg.get("compile", False)),
         "seed": cfg.seed,
