@@ -33,7 +33,7 @@ from .linear_probe import linear_probe
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
-from .resume import LAST, RUN_CONFIG, RunState, check_resume_overrides, resume_config
+from .resume import LAST, RUN_CONFIG, RunState, check_resume_argv, check_resume_overrides, finished_run, resume_config
 
 log = logging.getLogger("tlexp")
 
@@ -111,6 +111,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     With `resume=<run dir>`, the run continues from its `checkpoints/last.ckpt` with its own config.
     """
     ckpt_path = None
+    if cfg.get("resume") and (done := finished_run(cfg.resume)) is not None:
+        return done  # a finished run: its files stay as they are
     if cfg.get("resume"):
         cfg, ckpt_path = resume_config(cfg)
     check_config(cfg)
@@ -378,4 +380,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_resume_argv(sys.argv[1:])  # before Hydra, which creates the run dir and appends to its log
     main()
