@@ -33,6 +33,7 @@ from .linear_probe import linear_probe
 from .module import TransferModule
 from .phases import PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
+from .progress import plain_progress, quiet_lightning
 from .resume import LAST, RUN_CONFIG, RunState, check_resume_argv, check_resume_overrides, finished_run, resume_config
 
 log = logging.getLogger("tlexp")
@@ -110,6 +111,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     `callbacks` are added to the Trainer (tests use them to watch phases epoch by epoch).
     With `resume=<run dir>`, the run continues from its `checkpoints/last.ckpt` with its own config.
     """
+    quiet_lightning()
     ckpt_path = None
     if cfg.get("resume") and (done := finished_run(cfg.resume)) is not None:
         return done  # a finished run: its files stay as they are
@@ -185,6 +187,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     last = out / "checkpoints" / LAST
     every_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename=last.stem, enable_version_counter=False)
     guards = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last), RequireTraining()]
+    progress = plain_progress(trainer_args, schedule)
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     report = cfg.report
     shown = report.train_batch_preview
@@ -192,7 +195,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     trainer = L.Trainer(
         **trainer_args,
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, checkpoints, curves, *guards, *preview, *(callbacks or [])],
+        callbacks=[schedule, checkpoints, curves, *guards, *preview, *progress, *(callbacks or [])],
         plugins=[AtomicCheckpointIO()],
         logger=logger,
         default_root_dir=str(out),
