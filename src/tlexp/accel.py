@@ -91,3 +91,12 @@ def prepare_backbone(backbone: nn.Module, channels_last: bool, compile: bool) ->
         backbone.compile()
     if channels_last or compile:
         log.info("backbone: channels_last=%s, torch.compile=%s", channels_last, compile)
+
+
+def precision_ran(trainer) -> str:
+    """The precision the Trainer's precision plugin runs, which is what metrics.json records.
+
+    It can differ from the one asked for: Lightning runs `16-mixed` on a CPU as `bf16-mixed` (fp16 autocast
+    has no CPU kernels), with one warning in the log and nothing else to show for it.
+    """
+    return str(trainer.precision)

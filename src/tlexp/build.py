@@ -19,15 +19,17 @@ from torch import nn
 
 from . import auto
 from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
+from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError
 from .features import FeatureCache, feature_cache_for
-from .guards import StopOnNonFinite
+from .guards import RequireTraining, StopOnNonFinite
 from .history import EpochHistory
 from .module import TransferModule
 from .phases import Phase, PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
+from .progress import plain_progress
 from .resume import LAST, RUN_CONFIG, RunState, resume_config
 from .validate import check_writable, validate_config
 
@@ -131,7 +133,7 @@ def start_output(cfg: DictConfig, resume_from: Path | None) -> Path:
     check_writable(out, "Pass hydra.run.dir=<a writable folder> (or output_dir=...).")
     out.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
-        (out / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(out / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     return out
 
 
@@ -226,14 +228,16 @@ def build_trainer(cfg: DictConfig, out: Path, schedule: PhaseSchedule, best: Mod
     # after `best` (Lightning keeps checkpoint callbacks in their order, after the others), so that it holds the
     # best-so-far state of this epoch too.
     every_epoch = ModelCheckpoint(dirpath=last.parent, filename=last.stem, enable_version_counter=False)
-    keep = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last)]
+    keep = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last), RequireTraining()]
+    progress = plain_progress(args, schedule)  # off a terminal: a line per epoch instead of the bar
     shown = cfg.report.train_batch_preview
     preview = [TrainBatchPreview(out / "train_batch.png", shown)] if shown else []
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     return L.Trainer(
         **args,
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, best, *keep, *preview, *extra],
+        callbacks=[schedule, best, *keep, *preview, *progress, *extra],
+        plugins=[AtomicCheckpointIO()],  # a checkpoint is whole under its name, or not there
         logger=logger,
         default_root_dir=str(out),
     )

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
 from . import calibration, figures
+from .atomic import write_text
 from .cli import parse_args, run_dir_of
 from .data import TransferDataModule
 from .errors import ConfigError, DataError, exit_on_user_error
@@ -98,7 +99,7 @@ def write_report(rows: list[dict], accuracy: float, out: Path) -> None:
     lines += [
         f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows
     ]
-    (out / "classification_report.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "classification_report.md", "\n".join(lines) + "\n")
 
 
 def top_losses(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list[int]:
@@ -167,18 +168,17 @@ def evaluate(
         val_logits, val_labels = collect_logits(
             module, datamodule.evaluation_loader("val"), device, limits.get("val", 1.0)
         )
-        t = calibration.fit_temperature(val_logits, val_labels)
-        scaled = F.softmax(logits / t, dim=1)
-        scaled_bins = calibration.reliability_bins(scaled, labels, BINS)
-        summary.update(
-            temperature=t,
-            ece_scaled=ece(scaled, labels),
-            nll_scaled=calibration.nll(logits, labels, t),
-        )
+        fitted = calibration.calibrate(val_logits, val_labels)  # skipped (and why) where T would mean nothing
+        summary.update(fitted)
+        if "temperature" in fitted:
+            t = fitted["temperature"]
+            scaled = F.softmax(logits / t, dim=1)
+            scaled_bins = calibration.reliability_bins(scaled, labels, BINS)
+            summary.update(ece_scaled=ece(scaled, labels), nll_scaled=calibration.nll(logits, labels, t))
     fig = figures.reliability_figure(bins, summary["ece"], scaled_bins, summary.get("ece_scaled"))
     figures.save(fig, out / "reliability.png", tensorboard, "eval/reliability")
     summary["reliability_bins"] = bins
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -193,6 +193,8 @@ def describe(summary: dict, out: Path) -> str:
             f"  temperature {summary['temperature']:.3f} (fitted on val): "
             f"ECE {summary['ece_scaled']:.4f}, NLL {summary['nll_scaled']:.4f}"
         )
+    if "temperature_skipped" in summary:
+        lines.append(f"  temperature scaling skipped: {summary['temperature_skipped']}")
     lines.append(f"  weakest classes  {', '.join(summary['worst_classes_by_recall'])}")
     lines.append(f"  report           {out}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_path, write_text
 from .cli import parse_args, run_dir_of
 from .errors import ConfigError, exit_on_user_error
 from .inference import load_classifier, load_trained, onnx_module, sidecar_path
@@ -50,22 +51,24 @@ def export(module, fmt: str, path: Path, training: dict | None = None, checkpoin
             # and a torch.export-able model, which not every timm backbone is. The legacy path is still supported.
             warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
-            torch.onnx.export(
-                net,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                opset_version=17,
-            )
+            with atomic_path(path) as tmp:
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    input_names=[INPUT],
+                    output_names=[OUTPUT],
+                    dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                    opset_version=17,
+                )
     else:
         with torch.no_grad(), warnings.catch_warnings():
             # torch 2.x deprecates TorchScript in favour of torch.export, but it still works and still loads
             # without Python (libtorch / C++), which is why the issue asks for it.
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.")
-            torch.jit.trace(net, example).save(str(path))
+            with atomic_path(path) as tmp:
+                torch.jit.trace(net, example).save(str(tmp))
 
     card = {
         "format": fmt,
@@ -85,14 +88,14 @@ def export(module, fmt: str, path: Path, training: dict | None = None, checkpoin
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tlexp": __version__, "torch": torch.__version__},
     }
-    sidecar_path(path).write_text(json.dumps(card, indent=2))
+    write_text(sidecar_path(path), json.dumps(card, indent=2))
 
     # The exported file must compute what the module computes.
     with torch.inference_mode():
         expected = module(example)
     got = load_classifier(path).forward(example)
     card["max_abs_diff"] = float((got - expected).abs().max())
-    sidecar_path(path).write_text(json.dumps(card, indent=2))
+    write_text(sidecar_path(path), json.dumps(card, indent=2))
     if card["max_abs_diff"] > TOLERANCE:
         raise ConfigError(
             f"the exported {fmt} model differs from the checkpoint by up to {card['max_abs_diff']:.2e} "

@@ -10,11 +10,14 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from PIL import Image
 
+from .atomic import atomic_path
+
 
 def save(fig: Figure, path: Path, tensorboard=None, tag: str | None = None, step: int = 0) -> Path:
     """Write `fig` as a PNG; log the same picture to TensorBoard (a SummaryWriter) when one is given."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     if tensorboard is not None and hasattr(tensorboard, "add_image"):
         with Image.open(path) as img:
             tensorboard.add_image(tag or path.stem, np.asarray(img.convert("RGB")), step, dataformats="HWC")

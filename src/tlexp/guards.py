@@ -1,13 +1,14 @@
-"""Stop a run whose loss is no longer a number, before the bad step touches the weights."""
+"""Stop a run that goes wrong: a loss that is no longer a number, a fit that trained nothing."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .errors import TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .phases import PhaseSchedule
 
 
@@ -36,3 +37,38 @@ class StopOnNonFinite(Callback):
             f"{trainer.global_step}, in phase {index + 1} '{phase.name}' (lr {lrs}). Training stopped. {kept} "
             f"Lower this phase's learning rate (strategy.phases.{index}.lr) or check the data for bad values."
         )
+
+
+class RequireTraining(Callback):
+    """A fit that ran no optimizer step is an error, not an untrained model tested and recorded as a result.
+
+    Lightning skips training without a word when every rank's loader is empty (a rank's share of the images
+    smaller than a batch with drop_last, more devices than the data can feed) or `limit_train_batches=0`.
+    """
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.global_step == 0:
+            raise ConfigError(no_training_reason(trainer))
+
+
+def no_training_reason(trainer) -> str:
+    """Why a fit ran no step, with the figures that decide it and what to change."""
+    limit = trainer.limit_train_batches
+    if limit == 0:
+        return (
+            f"trainer.limit_train_batches={limit}: no training batch was run, so there is no trained model to test. "
+            "Set trainer.limit_train_batches to a fraction > 0 or a count >= 1 (1.0 = every batch)."
+        )
+    loader = trainer.train_dataloader
+    world = trainer.world_size
+    images = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else None
+    sampler = getattr(loader, "sampler", None)
+    share = len(sampler) if hasattr(sampler, "__len__") else (math.ceil(images / world) if images else None)
+    batch = getattr(loader, "batch_size", None)
+    drop_last = getattr(loader, "drop_last", None)
+    return (
+        f"no training step ran: {images} training images over {world} process(es) (world size) is {share} per "
+        f"rank, batch size {batch}, drop_last={drop_last}, trainer.limit_train_batches={limit}, so each rank has "
+        f"{trainer.num_training_batches} batches an epoch. Lower data.batch_size (to at most the per-rank share), "
+        "train on fewer devices (trainer.devices), or use more training images (dataset.per_class / train_size)."
+    )

@@ -17,6 +17,7 @@ import matplotlib
 import numpy as np
 from omegaconf import DictConfig
 
+from .atomic import atomic_path, write_text
 from .backbones import create_backbone
 from .build import build_datamodule, preprocessing
 from .cli import precheck
@@ -59,7 +60,7 @@ def inspect(cfg: DictConfig) -> dict:
         "problems": checks["problems"],
         "preprocessing": pre,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_text(out / "report.json", json.dumps(report, indent=2))
     print(format_report(report, out), flush=True)
     plot_counts(report["counts"], out / "class_counts.png")
     plot_samples(dm, int(cfg.samples_per_class), out / "samples.png")
@@ -153,7 +154,8 @@ def plot_counts(counts: dict[str, dict[str, int]], path: Path) -> None:
     ax.set_ylabel("images")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -171,7 +173,8 @@ def plot_samples(dm: TransferDataModule, per_class: int, path: Path) -> None:
             ax.axis("off")
         axes[c, 0].set_title(name, fontsize=8, loc="left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .atomic import atomic_path  # noqa: E402
+
 COLOURS = {"scratch": "tab:red", "feature_extraction": "tab:blue", "finetune": "tab:green", "gradual": "tab:purple"}
 
 
@@ -29,7 +31,8 @@ def _axes(n: int, width: float = 5.0):
 def _save(fig, legend_ax, path: Path) -> Path:
     legend_ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .atomic import atomic_open
 from .cli import parse_args
 from .data.images import open_rgb
 from .data.sources import IMAGE_EXTENSIONS
@@ -111,13 +112,13 @@ def write(records: list[dict], out: Path, k: int) -> tuple[Path, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path, jsonl_path = Path(f"{out}.csv"), Path(f"{out}.jsonl")
     columns = ["path", "label", "prob"] + [f"{c}_{n}" for n in range(2, k + 1) for c in ("label", "prob")] + ["error"]
-    with open(csv_path, "w", newline="") as f:
+    with atomic_open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for r in records:
             pairs = [v for pair in zip(r.get("labels", []), r.get("probs", []), strict=True) for v in pair]
             writer.writerow([r["path"], *pairs, *[""] * (2 * k - len(pairs)), r.get("error", "")])
-    with open(jsonl_path, "w") as f:
+    with atomic_open(jsonl_path, "w") as f:
         for r in records:
             if "error" in r:
                 f.write(json.dumps(r) + "\n")

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .accel import precision_ran
+from .atomic import write_text
 from .build import Run
 
 
@@ -35,10 +37,12 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "phases": [p.as_dict() for p in phases],
         "dataset": cfg.dataset.name,
         "dataset_sizes": dm.sizes(),
+        "dataset_requested": {k: cfg.dataset.get(k) for k in ("per_class", "train_size")},
         "num_classes": dm.num_classes,
         "class_names": dm.class_names,
         "preprocessing": run.preprocessing,
-        "precision": str(run.trainer.precision),
+        "precision": precision_ran(run.trainer),
+        "precision_requested": str(cfg.trainer.get("precision", "32-true")),
         "channels_last": run.channels_last,
         "compile": bool(cfg.get("compile", False)),
         "seed": cfg.seed,
@@ -66,7 +70,7 @@ def record(run: Run, outcome: Outcome) -> dict:
     """Write the run's record (rank 0 under DDP), log its hparams row, print its summary; returns the metrics."""
     metrics = metrics_of(run, outcome)
     if run.trainer.is_global_zero:
-        (run.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text(run.out / "metrics.json", json.dumps(metrics, indent=2))
     hparams = {
         "model": metrics["model"],
         "strategy": metrics["strategy"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .atomic import atomic_open, write_text
 from .auto import decide
 from .errors import ConfigError
 
@@ -160,13 +161,13 @@ def write_report(root: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = aggregate(rows)
     text = markdown(summary, failed)
-    (out / "comparison.md").write_text("# Strategy comparison\n\n" + text)
-    with open(out / "comparison.csv", "w", newline="") as f:
+    write_text(out / "comparison.md", "# Strategy comparison\n\n" + text)
+    with atomic_open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     flat = [{k: v for k, v in r.items() if k != "history"} for r in rows]
-    (out / "comparison.json").write_text(json.dumps({"runs": flat, "summary": summary, "failed": failed}, indent=2))
+    write_text(out / "comparison.json", json.dumps({"runs": flat, "summary": summary, "failed": failed}, indent=2))
     from .plots import plot_accuracy_vs_size, plot_accuracy_vs_time, plot_learning_curves
 
     plots = [plot_accuracy_vs_time(rows, out / "accuracy_vs_time.png")]

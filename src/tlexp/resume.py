@@ -8,8 +8,11 @@ so that an end-of-epoch resume draws the same shuffles, crops and dropout masks 
 
 from __future__ import annotations
 
+import json
 import random
 import sys
+import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +32,114 @@ OmegaConf.register_new_resolver(
 )
 
 
-def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
-    """The config of the run in `cfg.resume` and the checkpoint to continue from."""
-    run = Path(str(cfg.resume)).expanduser()
-    saved, last = run / RUN_CONFIG, run / "checkpoints" / LAST
+METRICS = "metrics.json"  # written once, at the very end of a run: its presence means the run is finished
+
+
+def finished_message(run: Path) -> str | None:
+    """The message for a run that has nothing left to resume, or None when it is not finished."""
+    metrics = run / METRICS
+    if not metrics.is_file():
+        return None
+    written = datetime.fromtimestamp(metrics.stat().st_mtime).isoformat(sep=" ", timespec="seconds")
+    return (
+        f"run {run} is finished ({METRICS} written {written}); nothing to resume, nothing changed. "
+        "To train again, start a new run (without resume=)."
+    )
+
+
+def finished_run(resume) -> dict | None:
+    """The recorded metrics of a finished run (saying so on stderr), so that resuming it changes nothing."""
+    run = Path(str(resume)).expanduser()
+    message = finished_message(run)
+    if message is None:
+        return None
+    print(f"\ntlexp: {message}\n", file=sys.stderr, flush=True)
+    return json.loads((run / METRICS).read_text())
+
+
+def damaged(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be loaded (truncated, corrupt), or None when it reads whole.
+
+    torch checkpoints are zip files: the directory sits at the end, so a cut-off file fails to open, and every
+    member has a CRC, so testzip catches bytes changed in the middle, without unpickling anything.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if bad is None else f"member {bad} fails its CRC check"
+
+
+def _intact_best(run: Path) -> Path | None:
+    """The newest best-*.ckpt of the run that reads whole."""
+    found = sorted((run / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in found if damaged(p) is None), None)
+
+
+def resume_checkpoint(run: Path, resume_from: str = "last") -> Path:
+    """The checkpoint a resume of `run` continues from; ConfigError (one message) when there is none to use."""
     if not run.is_dir():
-        raise ConfigError(f"resume={cfg.resume}: no such directory. Pass the run directory of an earlier run.")
-    if not saved.is_file():
+        raise ConfigError(f"resume={run}: no such directory. Pass the run directory of an earlier run.")
+    if not (run / RUN_CONFIG).is_file():
         raise ConfigError(f"resume={run}: no {RUN_CONFIG} there, so it is not a tlexp run directory.")
+    if resume_from not in ("last", "best"):
+        raise ConfigError(f"resume_from={resume_from}: choose last (the default) or best.")
+    if resume_from == "best":
+        best = _intact_best(run)
+        if best is None:
+            raise ConfigError(f"resume={run} resume_from=best: no intact checkpoints/best-*.ckpt there.")
+        return best
+    last = run / "checkpoints" / LAST
     if not last.is_file():
         raise ConfigError(
             f"resume={run}: no {last.relative_to(run)} yet (the run stopped before its first epoch ended). "
             "Start it again as a new run."
         )
-    resumed = OmegaConf.load(saved)
+    problem = damaged(last)
+    if problem is not None:
+        best = _intact_best(run)
+        offer = (
+            f"The best checkpoint {best.name} is intact: continue from it (the epochs after it are trained again) "
+            f"with `python -m tlexp.train resume={run} resume_from=best`, or start a new run."
+            if best is not None
+            else "No intact best-*.ckpt either: start a new run."
+        )
+        raise ConfigError(f"resume={run}: {last} is damaged ({problem}), so it cannot be resumed from. {offer}")
+    return last
+
+
+def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
+    """The config of the run in `cfg.resume` and the checkpoint to continue from."""
+    run = Path(str(cfg.resume)).expanduser()
+    ckpt = resume_checkpoint(run, str(cfg.get("resume_from") or "last"))
+    resumed = OmegaConf.load(run / RUN_CONFIG)
     resumed.output_dir = str(run)
     resumed.resume = str(run)
-    return resumed, last
+    return resumed, ckpt
+
+
+def check_resume_argv(argv: list[str]) -> None:
+    """Before Hydra runs (it creates the run dir and appends to its log): a resume that cannot or need not run
+    says so and exits, leaving every file as it was: exit 0 for a finished run, 2 for a missing or damaged one.
+
+    A finished run exits 0: the state asked for (the run trained to its end) holds, so a requeue script that
+    resumes whatever was preempted neither loops nor reports a failure.
+    """
+    given = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    resume, resume_from = given.get("resume"), given.get("resume_from", "last")
+    if not resume or resume.lower() in ("null", "none", "~") or "${" in resume:
+        return
+    run = Path(resume).expanduser()
+    message = finished_message(run)
+    if message is not None:
+        print(f"\ntlexp: {message}\n", file=sys.stderr, flush=True)
+        sys.exit(0)
+    try:
+        resume_checkpoint(run, resume_from)
+    except ConfigError as err:
+        print(f"\ntlexp error: {err}\n", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -82,6 +176,10 @@ class RunState(Callback):
 
     Lightning turns SIGTERM into a stop at the end of the current batch and Ctrl-C into a shutdown, but saves
     nothing in either case; this does. Other errors (a NaN loss, a crash) leave the last good checkpoint alone.
+
+    Not Lightning's OnExceptionCheckpoint: it saves on every exception (a NaN-diverged run's weights would
+    replace the last good last.ckpt) and its teardown deletes its file at the end of every fit and test, which
+    would delete the last.ckpt that the every-epoch ModelCheckpoint shares; undoing both is no shorter than this.
     """
 
     def __init__(self, run_dir: str | Path, last_path: str | Path):

@@ -16,13 +16,15 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from .atomic import write_text
 from .build import Run, build_run
 from .cli import precheck
 from .errors import exit_on_user_error
 from .evaluate import evaluate
 from .linear_probe import linear_probe
+from .progress import quiet_lightning
 from .record import Outcome, record
-from .resume import check_resume_overrides
+from .resume import check_resume_argv, check_resume_overrides, finished_run
 
 log = logging.getLogger("tlexp")
 
@@ -33,6 +35,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     `callbacks` are added to the Trainer (tests use them to watch phases epoch by epoch).
     With `resume=<run dir>`, the run continues from its `checkpoints/last.ckpt` with its own config.
     """
+    quiet_lightning()
+    if cfg.get("resume") and (done := finished_run(cfg.resume)) is not None:
+        return done  # a finished run: its files stay as they are
     run = build_run(cfg, callbacks)
     return record(run, fit_and_test(run))
 
@@ -114,8 +119,8 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
     except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, not raised
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        record = {"error": str(err), "type": type(err).__name__, "traceback": traceback.format_exc()}
-        (out / "error.json").write_text(json.dumps(record, indent=2))
+        failure = {"error": str(err), "type": type(err).__name__, "traceback": traceback.format_exc()}
+        write_text(out / "error.json", json.dumps(failure, indent=2))
         log.error("run %s failed (%s): %s; the sweep goes on", out, type(err).__name__, err)
         return None
 
@@ -131,4 +136,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     precheck("train")
+    check_resume_argv(sys.argv[1:])  # before Hydra, which creates the run dir and appends to its log
     main()

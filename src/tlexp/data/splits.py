@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def _take(per_class_idx: dict[int, np.ndarray], counts: dict[int, int]) -> tuple[np.ndarray, dict]:
@@ -54,5 +58,28 @@ def subsample(labels: np.ndarray, seed: int, per_class: int | None, total: int |
     else:
         counts = {c: max(1, int(round(total * len(idx) / len(labels)))) for c, idx in by_class.items()}
         counts = {c: min(n, len(by_class[c])) for c, n in counts.items()}
+    _warn_if_short(by_class, counts, per_class, total)
     taken, _ = _take(by_class, counts)
     return taken
+
+
+def _warn_if_short(by_class: dict[int, np.ndarray], counts: dict[int, int], per_class, total) -> None:
+    """A subset smaller than asked for trains on what there is, and says so: the run must not look like n-shot."""
+    got = sum(counts.values())
+    if per_class is not None:
+        short = {c: len(by_class[c]) for c in by_class if len(by_class[c]) < per_class}
+        if short:
+            log.warning(
+                "dataset.per_class=%d: %d of %d classes have fewer training images (available, by class index: %s), "
+                "so training uses %d images, not %d",
+                per_class,
+                len(short),
+                len(by_class),
+                short,
+                got,
+                per_class * len(by_class),
+            )
+    elif total > sum(len(idx) for idx in by_class.values()):
+        log.warning(
+            "dataset.train_size=%d asks for more images than the training pool holds; training uses %d", total, got
+        )
