@@ -31,7 +31,7 @@ test-all: ## all tests, the slow ones too
 train: ## the main job: python -m tlexp.train $(ARGS)
 	$(PY) -m tlexp.train $(ARGS)
 
-inspect: ## a dataset report without training: python -m tlexp.inspect $(ARGS) (e.g. ARGS="dataset=imagefolder dataset.root=~/photos")
+inspect: ## a dataset report without training: python -m tlexp.inspect $(ARGS) (e.g. ARGS="dataset=imagefolder dataset.root=$$HOME/photos")
 	$(PY) -m tlexp.inspect $(ARGS)
 
 bench-preflight: ## pre-flight speed: 1 thread vs all cores vs cached, side by side

@@ -85,7 +85,8 @@ def test_training_leaves_the_evaluation_report(run):
     bins = [b for b in summary["reliability_bins"] if b["count"]]
     by_bins = sum(b["count"] / summary["images"] * abs(b["accuracy"] - b["confidence"]) for b in bins)
     assert summary["ece"] == pytest.approx(by_bins, abs=1e-6)
-    assert {"temperature", "ece_scaled", "nll_scaled"} <= summary.keys()  # report.temperature=true: scaling reported
+    # report.temperature=true on a val set this small: the scaling is skipped, and the report says why.
+    assert "fewer than 50" in summary["temperature_skipped"] and "temperature" not in summary
     assert metrics["evaluation"]["ece"] == summary["ece"]
     assert "| ant |" in (out / "classification_report.md").read_text()
 

@@ -217,6 +217,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "linear_probe": boolean(False),
         "output_dir": text("outputs/my_run"),
         "resume": text("outputs/2024-05-01/12-00-00_gradual_efficientnet_lite0") | NULL,
+        "resume_from": choice("last", "best"),  # which checkpoint of the resumed run: last.ckpt or the best one
         "optimizer.name": choice(*OPTIMIZERS),
         "optimizer.weight_decay": number(0, example=1e-4),
         "optimizer.momentum": number(0, 1, example=0.9),
