@@ -219,3 +219,26 @@ def test_a_failed_optuna_trial_is_recorded_and_the_study_goes_on(tmp_path, tiny_
     assert "epochs must be a whole number >= 1" in failed[0].read_text()
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
     assert best.best_value == pytest.approx(max(done)) and best.best_params["strategy.phases.0.epochs"] == 1
+
+
+def test_threads_auto_leaves_the_busy_cores_to_the_other_jobs(monkeypatch):
+    from tlexp import accel
+
+    monkeypatch.setattr(accel, "STARTING_THREADS", 8)
+    assert accel.resolve_threads("auto", "cpu", cores=8, busy=0) == 8
+    assert accel.resolve_threads("auto", "cpu", cores=8, busy=3) == 5
+    assert accel.resolve_threads("auto", "cpu", cores=2, busy=5) == 1  # never 0
+    monkeypatch.setattr(accel, "STARTING_THREADS", 2)  # OMP_NUM_THREADS=2 or a launcher's cap: never more
+    assert accel.resolve_threads("auto", "cpu", cores=8, busy=0) == 2
+    assert accel.resolve_threads(3, "cpu", cores=8, busy=7) == 3  # a number is taken as given
+    monkeypatch.setattr(accel, "on_gpu", lambda accelerator: accelerator == "gpu")
+    assert accel.resolve_threads("auto", "gpu", cores=8, busy=0) is None  # torch's default on a GPU machine
+
+
+def test_threads_setting_is_applied_to_the_run(tiny_cfg):
+    before = torch.get_num_threads()
+    try:
+        train(tiny_cfg("strategy=feature_extraction", "threads=1"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

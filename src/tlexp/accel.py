@@ -1,9 +1,13 @@
-"""Speed options that depend on the machine: precision `auto`, channels_last, torch.compile of the backbone."""
+"""Speed options that depend on the machine: threads, precision `auto`, channels_last, torch.compile of the backbone."""
 
 from __future__ import annotations
 
 import logging
+import os
+import statistics
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,6 +17,38 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+# torch's thread count when the process started (OMP_NUM_THREADS, or a sweep launcher's cap): auto never goes
+# above it, and a run that chose fewer does not lower it for the next run of an in-process sweep.
+STARTING_THREADS = torch.get_num_threads()
+
+
+def busy_cores(samples: int = 5, interval: float = 0.05) -> int:
+    """Processes running right now besides this one (Linux /proc/loadavg), the median of a few looks.
+
+    The load averages lag by a minute: right after a sweep's previous run ends they still count it.
+    """
+    try:
+        looks = []
+        for _ in range(samples):
+            running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+            looks.append(int(running) - 1)
+            time.sleep(interval)
+        return max(0, round(statistics.median(looks)))
+    except (OSError, IndexError, ValueError):
+        return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+
+
+def resolve_threads(setting, accelerator: str, cores: int | None = None, busy: int | None = None) -> int | None:
+    """torch's intra-op thread count. auto: on the CPU, the cores no other process is running on (at least 1,
+    at most what is already allowed, e.g. by a sweep launcher's cap); on a GPU torch's own default (None).
+    With another job on the cores, torch's default of one thread per core fights it and a step slows down."""
+    if setting not in (None, "auto"):
+        return int(setting)
+    if on_gpu(accelerator):
+        return None
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    busy = busy_cores() if busy is None else busy
+    return max(1, min(STARTING_THREADS, cores - busy))
 
 
 def on_gpu(accelerator: str, cuda_available: bool | None = None) -> bool:

@@ -8,30 +8,35 @@ module and the Trainer, then decide the feature cache (it needs the world size, 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import auto
-from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
+from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision, resolve_threads
 from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
 from .errors import ConfigError
-from .features import FeatureCache, feature_cache_for
+from .features import FeatureCache, eval_features, feature_cache_for
 from .guards import RequireTraining, StopOnNonFinite
 from .history import EpochHistory
+from .linear_probe import init_head as probe_head
 from .module import TransferModule
 from .phases import Phase, PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
 from .progress import plain_progress
 from .resume import LAST, RUN_CONFIG, RunState, resume_config
 from .validate import check_writable, validate_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +77,7 @@ def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
     check_config(cfg)
     out = start_output(cfg, resume_from)
     L.seed_everything(cfg.seed, workers=True)
+    set_threads(cfg)
     backbone, weights_id = load_backbone(cfg)
     blocks = block_map(backbone)
     groups = [*blocks, "head"]
@@ -125,6 +131,13 @@ def check_config(cfg: DictConfig) -> None:
             f"strategy '{strategy['name']}' starts from pretrained weights, but model.weights={cfg.model.weights}. "
             "Use strategy=scratch to train from random weights, or set model.weights."
         )
+
+
+def set_threads(cfg: DictConfig) -> None:
+    threads = resolve_threads(cfg.get("threads", "auto"), cfg.trainer.accelerator)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        log.info("threads=%s: %d torch thread(s)", cfg.get("threads", "auto"), threads)
 
 
 def start_output(cfg: DictConfig, resume_from: Path | None) -> Path:
@@ -257,6 +270,27 @@ def decide_cache(cfg, strategy: dict, phases, freeze_mode: str, datamodule, back
             "linear_probe=true needs a strategy whose phases all train the head alone on a frozen backbone "
             f"(strategy=feature_extraction); '{strategy['name']}' trains the backbone."
         )
+    if strategy.get("head_init") == "probe" and datamodule.on_device:
+        raise ConfigError(
+            f"strategy '{strategy['name']}' starts its head from a probe on frozen features (head_init: probe), "
+            "which needs the eval images on the CPU side: use data.augment_on=cpu, or strategy.head_init=none."
+        )
     if cache is not None and cache.needs_reload():
         trainer.reload_dataloaders_every_n_epochs = 1  # the DataModule serves per epoch: view or images
     return cache
+
+
+def init_head(run: Run) -> dict | None:
+    """head_init: probe (LP-FT): the new head starts as the L-BFGS probe on frozen train features, L2 chosen on val.
+
+    The probe is the converged head-only solution, found in seconds; fine-tuning then starts from a head
+    that fits the features instead of a random one. A resumed run has its head in the checkpoint already.
+    """
+    if run.strategy.get("head_init", "none") != "probe" or run.resume_from is not None:
+        return None
+    cfg, dm = run.cfg, run.datamodule
+    features = run.cache or eval_features(plain(cfg.cache), dm, run.module.backbone, cfg.model.name)
+    result = probe_head(run.module.head[-1], features.features("train"), features.features("val"), dm.num_classes)
+    log.info("head_init=probe: head set to the linear probe (L2 %.0e, val acc %.4f, %.1f s)", result["l2"],
+             result["val_acc"], result["seconds"])  # fmt: skip
+    return result

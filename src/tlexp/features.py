@@ -362,3 +362,9 @@ def feature_cache_for(cfg: dict, phases, freeze_mode: str, datamodule, backbone:
     )
     datamodule.features = cache
     return cache
+
+
+def eval_features(cfg: dict, datamodule, backbone: nn.Module, model_name: str) -> FeatureCache:
+    """Cached eval-transform features of the splits, for the probe alone: no phase trains on them."""
+    store = FeatureStore(dict(cfg or {}).get("dir") or "~/.cache/tlexp/features")
+    return FeatureCache(datamodule, backbone, model_name, cached_epochs=0, all_cached=False, views=0, store=store)

@@ -44,13 +44,12 @@ def _metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(metrics)
 
 
-def linear_probe(train, val, test, num_classes: int, grid=L2_GRID) -> dict:
-    """train/val/test: (features, labels) pairs. Returns the test metrics, the chosen L2 and the wall time."""
-    started = time.perf_counter()
-    (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
+def fit_probe(train, val, num_classes: int, grid=L2_GRID) -> dict:
+    """The probe on (features, labels) pairs: weights for raw features, the L2 chosen on val, its val accuracy."""
+    (xtr, ytr), (xva, yva) = train, val
     # Standardise with train statistics: one L2 grid then suits every backbone's feature scale.
-    mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
-    xtr, xva, xte = ((x.double() - mean.double()) / std.double() for x in (xtr, xva, xte))
+    mean, std = xtr.double().mean(0), xtr.double().std(0).clamp_min(1e-6)
+    xtr, xva = ((x.double() - mean) / std for x in (xtr, xva))
     best, init = None, None
     with torch.enable_grad():
         for l2 in sorted(grid, reverse=True):  # strong to weak, each warm-started from the last
@@ -59,13 +58,37 @@ def linear_probe(train, val, test, num_classes: int, grid=L2_GRID) -> dict:
             if best is None or val_acc > best[1]:
                 best = (l2, val_acc, init)
     l2, val_acc, (w, b) = best
-    logits = (xte @ w + b).float()
+    # Fold the standardisation in: ((x - mean) / std) @ w + b == x @ (w / std) + (b - (mean / std) @ w).
+    weight, bias = w / std[:, None], b - (mean / std) @ w
+    return {"weight": weight.T.float(), "bias": bias.float(), "l2": l2, "val_acc": val_acc}
+
+
+def linear_probe(train, val, test, num_classes: int, grid=L2_GRID) -> dict:
+    """train/val/test: (features, labels) pairs. Returns the test metrics, the chosen L2 and the wall time."""
+    started = time.perf_counter()
+    fitted = fit_probe(train, val, num_classes, grid)
+    xte, yte = test
+    logits = xte.float() @ fitted["weight"].T + fitted["bias"]
     test_metrics = {k: float(v) for k, v in _metrics(num_classes)(logits, yte).items()}
     test_metrics["loss"] = float(F.cross_entropy(logits, yte))
     return {
         "test": test_metrics,
-        "val_acc": val_acc,
-        "l2": l2,
+        "val_acc": fitted["val_acc"],
+        "l2": fitted["l2"],
         "l2_grid": list(grid),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def init_head(linear: torch.nn.Linear, train, val, num_classes: int) -> dict:
+    """LP-FT's first step (Kumar et al. 2022): set a linear head to the probe fitted on frozen features."""
+    started = time.perf_counter()
+    fitted = fit_probe(train, val, num_classes)
+    with torch.no_grad():
+        linear.weight.copy_(fitted["weight"])
+        linear.bias.copy_(fitted["bias"])
+    return {
+        "l2": fitted["l2"],
+        "val_acc": round(fitted["val_acc"], 4),
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -23,6 +23,7 @@ class Outcome:
     epochs: list[dict]
     evaluation: dict | None
     probe: dict | None
+    head_init: dict | None = None  # head_init: probe: the probe the head started from
 
 
 def metrics_of(run: Run, outcome: Outcome) -> dict:
@@ -63,6 +64,7 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "evaluation": outcome.evaluation,
         "feature_cache": run.cache.report() if run.cache is not None else None,
         "linear_probe": outcome.probe,
+        "head_init": outcome.head_init,
     }
 
 

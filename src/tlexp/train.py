@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from .atomic import write_text
-from .build import Run, build_run
+from .build import Run, build_run, init_head
 from .cli import precheck
 from .errors import exit_on_user_error
 from .evaluate import evaluate
@@ -48,6 +48,7 @@ def fit_and_test(run: Run) -> Outcome:
     if run.decision is not None:
         run.logger.experiment.add_text("strategy/auto", run.decision.reason, 0)
     started = time.perf_counter()
+    head_init = init_head(run)  # part of the fit: LP-FT's linear probe
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
     except SIGTERMException:  # a SystemExit with status 0: a stopped run must not look like a finished one
@@ -59,7 +60,7 @@ def fit_and_test(run: Run) -> Outcome:
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test_seconds = time.perf_counter() - started
-    return Outcome(fit_seconds, test_seconds, best, test, phase_history, epochs, report(run), probe(run))
+    return Outcome(fit_seconds, test_seconds, best, test, phase_history, epochs, report(run), probe(run), head_init)
 
 
 def report(run: Run) -> dict | None:

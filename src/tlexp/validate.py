@@ -191,6 +191,7 @@ PREPROCESS = {
     "interpolation": choice("bilinear", "bicubic", "nearest") | NULL,
     "crop_pct": number(0, 1, example=0.875, lo_open=True) | NULL,
 }
+HEAD_INITS = ("none", "probe")  # build.init_head
 SELECTOR = re.compile(r"all|backbone|head|stem|stage\d+|last(:\d+)?")
 
 
@@ -214,6 +215,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         ),
         "channels_last": AUTO | boolean(),
         "compile": boolean(False),
+        "threads": AUTO | integer(1, example=2),  # accel.resolve_threads
         "linear_probe": boolean(False),
         "output_dir": text("outputs/my_run"),
         "resume": text("outputs/2024-05-01/12-00-00_gradual_efficientnet_lite0") | NULL,
@@ -258,6 +260,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "strategy.pretrained": boolean(),
         "strategy.schedule": choice(*SCHEDULES),
         "strategy.bn": choice(*BN_MODES),
+        "strategy.head_init": choice(*HEAD_INITS),
         "strategy.phases": Rule(
             lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(p, dict) for p in v),
             "a non-empty list of phases {name, epochs, train, lr}",

@@ -1,0 +1,66 @@
+"""LP-FT: the head starts as the linear probe on frozen features, then everything fine-tunes from it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from tlexp.errors import ConfigError
+from tlexp.linear_probe import fit_probe, init_head
+from tlexp.train import train
+
+from .test_features import _cfg
+
+
+def _blobs(n, gen, centres):
+    y = torch.arange(len(centres)).repeat(n)
+    return centres[y] + torch.randn(len(y), centres.shape[1], generator=gen), y
+
+
+def test_folded_probe_weights_give_the_standardised_probe_logits():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 6, generator=gen) * 3 + 10  # far from zero, so the folded mean matters
+    train_, val = _blobs(30, gen, centres), _blobs(10, gen, centres)
+    fitted = fit_probe(train_, val, 3)
+    head = torch.nn.Linear(6, 3)
+    result = init_head(head, train_, val, 3)
+    with torch.no_grad():
+        acc = (head(val[0]).argmax(1) == val[1]).float().mean().item()
+    assert torch.allclose(head.weight, fitted["weight"]) and fitted["weight"].shape == (3, 6)
+    assert acc == pytest.approx(result["val_acc"]) and acc > 0.9
+
+
+class HeadAtFitStart(Callback):
+    def on_fit_start(self, trainer, pl_module):
+        self.weight = pl_module.head[-1].weight.detach().clone()
+        self.features = trainer.datamodule.features
+
+
+def test_lp_ft_starts_fine_tuning_from_the_probe_head(tmp_path, tiny_weights):
+    seen = HeadAtFitStart()
+    cfg = _cfg(tmp_path, tiny_weights, "run", "strategy=lp_ft", "strategy.phases.0.epochs=1")
+    metrics = train(cfg, callbacks=[seen])
+    assert metrics["strategy"] == "lp_ft" and metrics["head_init"]["val_acc"] > 0.25
+    assert metrics["phases"][0]["train"][-1] == "head" and len(metrics["phases"][0]["train"]) > 2  # all groups
+    assert seen.features is None  # the probe's features feed no training epoch
+    # The head at the first step is the probe fitted on the cached train features, L2 chosen on val.
+    from tlexp.features import FeatureStore
+
+    store = FeatureStore(tmp_path / "cache")
+    payloads = [store.load(p.stem) for p in sorted(store.root.glob("*.pt"))]
+    assert len(payloads) == 2  # train and val, eval transform; test is never touched by the probe
+    by_size = sorted(payloads, key=lambda p: len(p["labels"]))
+    val, train_ = ((p["features"], p["labels"]) for p in by_size)
+    expected = fit_probe(train_, val, metrics["num_classes"])["weight"]
+    assert torch.allclose(seen.weight, expected, atol=1e-5)
+
+
+def test_without_head_init_the_head_starts_random(tmp_path, tiny_weights):
+    metrics = train(_cfg(tmp_path, tiny_weights, "run", "strategy=finetune", "strategy.phases.0.epochs=1"))
+    assert metrics["head_init"] is None
+
+
+def test_head_init_is_a_checked_value(tmp_path, tiny_weights):
+    with pytest.raises(ConfigError, match="head_init"):
+        train(_cfg(tmp_path, tiny_weights, "run", "strategy=lp_ft", "strategy.head_init=lbfgs"))
