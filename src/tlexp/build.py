@@ -270,11 +270,6 @@ def decide_cache(cfg, strategy: dict, phases, freeze_mode: str, datamodule, back
             "linear_probe=true needs a strategy whose phases all train the head alone on a frozen backbone "
             f"(strategy=feature_extraction); '{strategy['name']}' trains the backbone."
         )
-    if strategy.get("head_init") == "probe" and datamodule.on_device:
-        raise ConfigError(
-            f"strategy '{strategy['name']}' starts its head from a probe on frozen features (head_init: probe), "
-            "which needs the eval images on the CPU side: use data.augment_on=cpu, or strategy.head_init=none."
-        )
     if cache is not None and cache.needs_reload():
         trainer.reload_dataloaders_every_n_epochs = 1  # the DataModule serves per epoch: view or images
     return cache
@@ -289,6 +284,10 @@ def init_head(run: Run) -> dict | None:
     if run.strategy.get("head_init", "none") != "probe" or run.resume_from is not None:
         return None
     cfg, dm = run.cfg, run.datamodule
+    if dm.on_device:  # its eval loaders yield un-normalised uint8 crops: no features to probe
+        why = "data.augment_on=device normalises the eval images on the device: no probe, the head starts random"
+        log.warning("head_init=probe skipped: %s", why)
+        return {"skipped": why}
     features = run.cache or eval_features(plain(cfg.cache), dm, run.module.backbone, cfg.model.name)
     result = probe_head(run.module.head[-1], features.features("train"), features.features("val"), dm.num_classes)
     log.info("head_init=probe: head set to the linear probe (L2 %.0e, val acc %.4f, %.1f s)", result["l2"],
