@@ -38,7 +38,7 @@ bench-preflight: ## pre-flight speed: 1 thread vs all cores vs cached, side by s
 	$(PY) benchmarks/bench_preflight.py $(ARGS)
 
 sweep: ## the four strategies side by side (Hydra multirun)
-	$(PY) -m tlexp.train -m strategy=scratch,feature_extraction,finetune,gradual $(ARGS)
+	$(PY) -m tlexp.train -m strategy=scratch,feature_extraction,finetune,gradual,lp_ft $(ARGS)
 
 compare: ## strategies x seeds side by side, then the report (python -m tlexp.compare $(ARGS))
 	$(PY) -m tlexp.compare $(ARGS)

@@ -57,6 +57,9 @@ def test_advise_prints_the_decision_without_training():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "advice: 512 training images, 4 classes (~128 per class) -> gradual" in proc.stdout
+    # the command keeps the user's dataset overrides, so it runs as printed
+    command = "python -m tlexp.train strategy=gradual dataset=synthetic dataset.images_per_class=200"
+    assert f"run it: {command}" in proc.stdout
 
 
 def _fake_run(root: Path, name: str, strategy: str, seed: int, acc: float | None, train_images: int = 1000):

@@ -64,3 +64,9 @@ def test_without_head_init_the_head_starts_random(tmp_path, tiny_weights):
 def test_head_init_is_a_checked_value(tmp_path, tiny_weights):
     with pytest.raises(ConfigError, match="head_init"):
         train(_cfg(tmp_path, tiny_weights, "run", "strategy=lp_ft", "strategy.head_init=lbfgs"))
+
+
+def test_cache_off_computes_the_probe_features_without_writing_them(tmp_path, tiny_weights):
+    cfg = _cfg(tmp_path, tiny_weights, "run", "strategy=lp_ft", "strategy.phases.0.epochs=1", "cache.mode=off")
+    metrics = train(cfg)
+    assert metrics["head_init"]["val_acc"] > 0 and not (tmp_path / "cache").exists()

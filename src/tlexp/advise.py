@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import auto
@@ -23,8 +26,15 @@ def advise(cfg: DictConfig) -> auto.Decision:
     _, decision = auto.resolve(strategy, sizes["train"], data.num_classes)
     print(f"\ndataset {cfg.dataset.name}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}")
     print(f"advice: {decision.reason}")
-    print(f"run it: python -m tlexp.train strategy={decision.strategy} (or strategy=auto)\n", flush=True)
+    print(f"run it: {train_command(decision.strategy)}  (or strategy=auto)\n", flush=True)
     return decision
+
+
+def train_command(strategy: str) -> str:
+    """The train command for this advice, keeping the user's own overrides (dataset, model, ...)."""
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    kept = [o for o in given if not o.lstrip("+~").startswith("strategy")]
+    return shlex.join(["python", "-m", "tlexp.train", f"strategy={strategy}", *kept])
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="advise")

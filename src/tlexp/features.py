@@ -364,7 +364,18 @@ def feature_cache_for(cfg: dict, phases, freeze_mode: str, datamodule, backbone:
     return cache
 
 
+class UnsavedStore(FeatureStore):
+    """cache.mode=off: features are computed for this run alone, never read from or written to disk."""
+
+    def load(self, key: str) -> dict | None:
+        return None
+
+    def save(self, key: str, payload: dict) -> Path:
+        return self.path(key)
+
+
 def eval_features(cfg: dict, datamodule, backbone: nn.Module, model_name: str) -> FeatureCache:
-    """Cached eval-transform features of the splits, for the probe alone: no phase trains on them."""
-    store = FeatureStore(dict(cfg or {}).get("dir") or "~/.cache/tlexp/features")
+    """Eval-transform features of the splits, for the probe alone: no phase trains on them."""
+    cfg = dict(cfg or {})
+    store = (UnsavedStore if cfg.get("mode") == "off" else FeatureStore)(cfg.get("dir") or "~/.cache/tlexp/features")
     return FeatureCache(datamodule, backbone, model_name, cached_epochs=0, all_cached=False, views=0, store=store)
