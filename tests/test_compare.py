@@ -40,7 +40,7 @@ def test_auto_thresholds_are_configurable_and_checked():
 
 
 def test_auto_run_logs_its_decision_everywhere(tiny_cfg):
-    cfg = tiny_cfg("strategy=auto", "epoch_scale=0.1")
+    cfg = tiny_cfg("strategy=auto", "strategy.budget=0", "epoch_scale=0.1")
     metrics = train(cfg)
     assert metrics["strategy"] == "feature_extraction"  # 104 training images < 500
     assert metrics["auto"]["strategy"] == "feature_extraction" and metrics["auto"]["train_images"] == 104
@@ -50,9 +50,10 @@ def test_auto_run_logs_its_decision_everywhere(tiny_cfg):
     assert "strategy/auto/text_summary" in events.Tags()["tensors"]
 
 
-def test_advise_prints_the_decision_without_training():
+def test_advise_with_budget_zero_prints_the_size_rule_without_training():
     proc = subprocess.run(
-        [sys.executable, "-m", "tlexp.advise", "dataset=synthetic", "dataset.images_per_class=200"],
+        [sys.executable, "-m", "tlexp.advise", "dataset=synthetic", "dataset.images_per_class=200",
+         "strategy.budget=0"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

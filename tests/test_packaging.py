@@ -81,7 +81,7 @@ def test_the_installed_wheel_composes_its_configs_outside_the_checkout(venv_pyth
     usage = _run(venv_python, "-m", "tlexp.predict", "top_k=2", cwd=tmp_path)
     assert usage.returncode == 2 and "missing ckpt=..., input=..." in usage.stderr, usage.stderr[-2000:]
     # advise and strategy=auto read strategy YAMLs themselves (tlexp.auto), not through Hydra.
-    advice = _run(venv_python, "-m", "tlexp.advise", "dataset=synthetic", cwd=tmp_path)
+    advice = _run(venv_python, "-m", "tlexp.advise", "dataset=synthetic", "strategy.budget=0", cwd=tmp_path)
     assert advice.returncode == 0 and "strategy=feature_extraction" in advice.stdout, advice.stderr[-2000:]
 
 

@@ -1,40 +1,172 @@
-"""`python -m tlexp.advise dataset=...`: which strategy `auto` would pick for this data, and why; no training."""
+"""`python -m tlexp.advise dataset=...`: which backbone and strategy, measured on your own train/val split.
+
+1. With `models=[...]`, every backbone whose weights can be had is ranked by its frozen features: a
+   cross-validated linear probe and kNN over train + val, and forward speed (seconds; the features are cached).
+2. For the best of them (or `model=`), `strategy=auto`'s own choice: the probe, then pilots of the candidates
+   (pilots.py), in a temporary folder; with `strategy.budget=0`, the playbook's size rule, nothing trained.
+It prints the evidence and a train command that keeps your overrides. Test is never read.
+"""
 
 from __future__ import annotations
 
+import logging
 import shlex
+import tempfile
+import time
+from dataclasses import dataclass
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import auto
+from .build import build_datamodule, load_backbone, plain, preprocessing
 from .cli import precheck
 from .data import TransferDataModule
-from .errors import exit_on_user_error
+from .errors import ConfigError, WeightsUnavailable, exit_on_user_error
+from .evidence import FeatureEvidence, feature_evidence
+from .features import eval_features, extract
+from .pilots import select
 from .validate import validate_config
+
+log = logging.getLogger(__name__)
+SPEED_IMAGES = 256  # val images timed through the backbone for its forward speed
+
+
+@dataclass
+class Ranked:
+    model: str
+    evidence: FeatureEvidence | None
+    images_per_second: float | None
+    skipped: str | None = None  # why its weights could not be had
 
 
 def advise(cfg: DictConfig) -> auto.Decision:
     validate_config(cfg)
-    strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
-    if not auto.is_auto(strategy):  # thresholds come from conf/strategy/auto.yaml unless given
-        strategy = OmegaConf.to_container(OmegaConf.load(auto.CONF / "strategy" / "auto.yaml"))
-    # Only the split sizes are needed: no images are decoded, so the transform settings do not matter.
-    data = TransferDataModule(OmegaConf.to_container(cfg.dataset, resolve=True), 32, (0.5,) * 3, (0.5,) * 3)
-    sizes = data.sizes()
-    _, decision = auto.resolve(strategy, sizes["train"], data.num_classes)
-    print(f"\ndataset {cfg.dataset.name}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}")
-    print(f"advice: {decision.reason}")
-    print(f"run it: {train_command(decision.strategy)}  (or strategy=auto)\n", flush=True)
+    strategy = plain(cfg.strategy)
+    if not auto.is_auto(strategy):  # the candidates and budget come from conf/strategy/auto.yaml unless given
+        cfg = with_strategy(cfg, OmegaConf.load(auto.CONF / "strategy" / "auto.yaml"))
+    model = None  # model=<best> in the printed command, when the ranking picked another than the user's
+    ranking = rank_backbones(cfg, list(cfg.models)) if cfg.get("models") else []
+    if ranking:
+        print_ranking(ranking)
+        if ranking[0].evidence is None:
+            raise ConfigError("none of models=[...] has weights here; see the reasons above.")
+        if ranking[0].model != cfg.model.get("short"):
+            model = f"model={ranking[0].model}"
+            cfg = with_model(cfg, ranking[0].model)
+    decision = choose(cfg)
+    print(f"\nadvice: {decision.reason}")
+    print(f"run it: {train_command(decision.strategy, model)}")
+    if decision.method == "evidence":
+        print("   (or strategy=auto instead of strategy=...: it measures the same and keeps the winner's pilot)")
+    print(flush=True)
     return decision
 
 
-def train_command(strategy: str) -> str:
+def choose(cfg: DictConfig) -> auto.Decision:
+    """auto's decision: pilots in a temporary folder (deleted), or the size rule from the split sizes alone."""
+    strategy = plain(cfg.strategy)
+    if not auto.uses_pilots(strategy):
+        # Only the split sizes are needed: no images are decoded, so the transform settings do not matter.
+        data = TransferDataModule(plain(cfg.dataset), 32, (0.5,) * 3, (0.5,) * 3)
+        sizes = data.sizes()
+        print(f"\ndataset {cfg.dataset.name}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}")
+        return auto.resolve(strategy, sizes["train"], data.num_classes)[1]
+    with tempfile.TemporaryDirectory(prefix="tlexp-advise-") as tmp:
+        pilot_cfg = cfg.copy()
+        with open_dict(pilot_cfg):
+            pilot_cfg.output_dir = tmp
+            pilot_cfg.report.train_batch_preview = 0
+        decision = select(pilot_cfg).decision
+    print_evidence(cfg, decision)
+    return decision
+
+
+def rank_backbones(cfg: DictConfig, models: list[str]) -> list[Ranked]:
+    """Each backbone's frozen-feature evidence on this data, best CV probe first; unavailable ones last."""
+    ranked = []
+    for name in models:
+        model_cfg = with_model(cfg, name)
+        try:
+            backbone, _ = load_backbone(model_cfg)
+        except WeightsUnavailable as err:  # said, and the others still ranked
+            ranked.append(Ranked(name, None, None, skipped=str(err).split(". ")[0]))
+            continue
+        pre = preprocessing(model_cfg, backbone)
+        dm = build_datamodule(model_cfg, pre)
+        dm.setup()
+        features = eval_features(plain(model_cfg.cache), dm, backbone, model_cfg.model.name)
+        found = feature_evidence(features.features("train"), features.features("val"), dm.num_classes)
+        ranked.append(Ranked(name, found, forward_speed(backbone, dm)))
+    return sorted(ranked, key=lambda r: -1.0 if r.evidence is None else r.evidence.cv_acc, reverse=True)
+
+
+def forward_speed(backbone: torch.nn.Module, dm) -> float:
+    """Images per second through the backbone (decode, transform, eval forward) on up to SPEED_IMAGES val images."""
+    val = dm.splits["val"]
+    subset = val.subset(list(range(min(SPEED_IMAGES, len(val))))) if hasattr(val, "subset") else val
+    started = time.perf_counter()
+    feats, _ = extract(backbone, subset, dm.eval_transform, dm.batch_size, dm.num_workers, seed=0)
+    return len(feats) / (time.perf_counter() - started)
+
+
+def print_ranking(ranking: list[Ranked]) -> None:
+    print("\nbackbones, by their frozen features (5-fold CV over train + val; mean +/- s.d. over folds):")
+    print(f"  {'model':<22} {'probe acc':>15} {'kNN acc':>15} {'forward img/s':>14} {'probe acc/ms':>13}")
+    for r in ranking:
+        if r.evidence is None:
+            print(f"  {r.model:<22} skipped: {r.skipped}")
+            continue
+        e = r.evidence
+        per_ms = e.cv_acc * r.images_per_second / 1000  # accuracy per millisecond of forward time per image
+        print(f"  {r.model:<22} {e.cv_acc:>8.3f} +/- {e.cv_std:.3f} {e.knn_acc:>8.3f} +/- {e.knn_std:.3f} "
+              f"{r.images_per_second:>14.0f} {per_ms:>13.3f}")  # fmt: skip
+
+
+def print_evidence(cfg: DictConfig, decision: auto.Decision) -> None:
+    f = decision.features
+    print(f"\ndataset {cfg.dataset.name}, model {cfg.model.short}: {decision.train_images} training images, "
+          f"{decision.num_classes} classes")  # fmt: skip
+    print(
+        f"frozen features: probe val {f['val_acc']:.3f}; {f['folds']}-fold CV probe {f['cv_acc']:.3f} "
+        f"+/- {f['cv_std']:.3f}, kNN (k={f['k']}) {f['knn_acc']:.3f} +/- {f['knn_std']:.3f} ({f['seconds']:.1f} s)"
+    )
+    print("pilots, successive halving (val accuracy; backbone epochs):")
+    for i, rung in enumerate(decision.rungs, 1):
+        row = ", ".join(f"{s['strategy']} {s['val_acc']:.3f} ({s['epochs']} ep, {s['seconds']:.0f} s)" for s in rung)
+        print(f"  rung {i}: {row}")
+    print(f"choosing took {decision.seconds:.0f} s")
+
+
+def with_model(cfg: DictConfig, name: str) -> DictConfig:
+    """`cfg` with the model config `name` (the user's own `model.*` overrides kept when it is their `model=`)."""
+    if cfg.model.get("short") == name:
+        return cfg
+    path = auto.CONF / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (auto.CONF / "model").glob("*.yaml")))
+        raise ConfigError(f"models=[...]: '{name}' is not a model config; choose from {known}.")
+    out = cfg.copy()
+    with open_dict(out):
+        out.model = OmegaConf.load(path)
+    return out
+
+
+def with_strategy(cfg: DictConfig, strategy) -> DictConfig:
+    out = cfg.copy()
+    with open_dict(out):
+        out.strategy = strategy
+    return out
+
+
+def train_command(strategy: str, model: str | None = None) -> str:
     """The train command for this advice, keeping the user's own overrides (dataset, model, ...)."""
     given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    kept = [o for o in given if not o.lstrip("+~").startswith("strategy")]
-    return shlex.join(["python", "-m", "tlexp.train", f"strategy={strategy}", *kept])
+    dropped = ("strategy", "models", *(("model",) if model else ()))
+    kept = [o for o in given if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] not in dropped]
+    return shlex.join(["python", "-m", "tlexp.train", f"strategy={strategy}", *([model] if model else []), *kept])
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="advise")

@@ -74,6 +74,7 @@ class TransferModule(L.LightningModule):
         # Per-class recall on the test split: shows what imbalance (and data.balance) does to the small classes.
         self.test_recall = MulticlassRecall(num_classes, average=None)
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val_correct: list[torch.Tensor] = []  # per val image, in loader order: auto's paired noise
 
     # ------------------------------------------------------------ groups
 
@@ -189,6 +190,8 @@ class TransferModule(L.LightningModule):
         )
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits, y)
+        if stage == "val":
+            self._val_correct.append((logits.argmax(1) == y).cpu())
         if stage == "test":
             self.test_recall.update(logits, y)
             self.test_outputs.append((logits.detach().float().cpu(), y.cpu()))
@@ -204,6 +207,13 @@ class TransferModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    def on_validation_epoch_start(self):
+        self._val_correct = []
+
+    def val_correct(self) -> torch.Tensor:
+        """Per val image of the last validation pass: whether the prediction was right."""
+        return torch.cat(self._val_correct)
 
     def on_test_epoch_start(self):
         self.test_outputs = []  # (logits, labels) per batch, in loader order: the evaluation report reuses them

@@ -50,14 +50,15 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "epochs": run.schedule.total_epochs,
         "best_epoch": best_epoch(outcome.best),
         "best_val_acc": float(best_score) if best_score is not None else None,
-        "fit_seconds": round(outcome.fit_seconds, 2),
+        # strategy=auto: choosing (probe, pilots) is part of what the run cost
+        "fit_seconds": round(outcome.fit_seconds + (run.decision.seconds if run.decision else 0.0), 2),
         "test_seconds": round(outcome.test_seconds, 2),
         "trainable_params": max(module.trainable_parameters(p.train) for p in phases),
         "trainable_params_per_phase": [module.trainable_parameters(p.train) for p in phases],
         "total_params": module.total_parameters(),
         "test": {k.removeprefix("test/"): float(v) for k, v in outcome.test.items()},
         "checkpoint": outcome.best,
-        "resumed": run.resume_from is not None,
+        "resumed": bool(cfg.get("resume")),
         "history": outcome.epochs,
         "phase_history": outcome.phase_history,
         "data_checks": dm.report(),  # skipped/broken files, leaks removed, class counts, imbalance

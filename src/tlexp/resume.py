@@ -91,6 +91,8 @@ def resume_checkpoint(run: Path, resume_from: str = "last") -> Path:
             raise ConfigError(f"resume={run} resume_from=best: no intact checkpoints/best-*.ckpt there.")
         return best
     last = run / "checkpoints" / LAST
+    if not last.is_file() and (run / "pilots").is_dir():
+        raise ConfigError(auto_resume_message(run))
     if not last.is_file():
         raise ConfigError(
             f"resume={run}: no {last.relative_to(run)} yet (the run stopped before its first epoch ended). "
@@ -107,6 +109,21 @@ def resume_checkpoint(run: Path, resume_from: str = "last") -> Path:
         )
         raise ConfigError(f"resume={run}: {last} is damaged ({problem}), so it cannot be resumed from. {offer}")
     return last
+
+
+def auto_resume_message(run: Path) -> str:
+    """A strategy=auto run trains its winner in pilots/<strategy>/: that is the run to resume."""
+    decision = run / "auto.json"
+    if not decision.is_file():
+        return (
+            f"resume={run}: this strategy=auto run stopped while its pilots were running, before it chose a "
+            "strategy. Start it again as a new run (the pilots are short)."
+        )
+    winner = json.loads(decision.read_text())["strategy"]
+    return (
+        f"resume={run}: this strategy=auto run chose {winner}, which trains in {run / 'pilots' / winner}. "
+        f"Resume that run: python -m tlexp.train resume={run / 'pilots' / winner}"
+    )
 
 
 def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:

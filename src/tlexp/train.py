@@ -17,11 +17,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from .atomic import write_text
-from .build import Run, build_run, init_head
+from .auto import uses_pilots
+from .build import Run, build_run, init_head, plain
 from .cli import precheck
 from .errors import exit_on_user_error
 from .evaluate import evaluate
 from .linear_probe import linear_probe
+from .pilots import select
 from .progress import quiet_lightning
 from .record import Outcome, record
 from .resume import check_resume_argv, check_resume_overrides, finished_run
@@ -38,7 +40,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     quiet_lightning()
     if cfg.get("resume") and (done := finished_run(cfg.resume)) is not None:
         return done  # a finished run: its files stay as they are
-    run = build_run(cfg, callbacks)
+    # strategy=auto with a budget chooses by probe and pilots; with budget 0 build_run applies the size rule
+    run = select(cfg, callbacks) if uses_pilots(plain(cfg.strategy)) else build_run(cfg, callbacks)
     return record(run, fit_and_test(run))
 
 

@@ -267,6 +267,9 @@ def _rules() -> dict[str, Rule | _Lazy]:
             [{"name": "head", "epochs": 10, "train": ["head"], "lr": 1e-3}],
             ("abc", [], 3),
         ),
+        "strategy.budget": number(0, 1, example=0.1),
+        "models": names(["efficientnet_lite0", "resnet50"], _config_names("model")) | NULL,  # advise
+        "strategy.candidates": names(["feature_extraction", "lp_ft"], _config_names("strategy", but="auto")),
         "strategy.feature_extraction_below": integer(1, example=500),
         "strategy.finetune_above": integer(1, example=2000),
         # ---- dataset/*.yaml (data/sources.py, data/splits.py)
@@ -325,6 +328,13 @@ def _rules() -> dict[str, Rule | _Lazy]:
 
 
 _TABLE: dict[str, Rule | _Lazy] | None = None
+
+
+def _config_names(group: str, but: str | None = None) -> tuple[str, ...]:
+    """The configs of a group in conf/ (strategy=auto's candidates, advise's models=)."""
+    from .auto import CONF
+
+    return tuple(sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem != but))
 
 
 def rules() -> dict[str, Rule | _Lazy]:

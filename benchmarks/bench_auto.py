@@ -1,0 +1,149 @@
+"""`make bench-auto`: does `strategy=auto` pick well, and what does picking cost? Regret and cost per cell.
+
+For every cell (a dataset at a training-set size, one seed):
+- the truth: every candidate strategy at its full default schedule, one `python -m tlexp.train` run each;
+- `strategy=auto` on the same split, with a feature cache of its own (cold: it pays its own feature pass).
+Regret = the best candidate's test accuracy minus auto's. Cost = auto's fit time (probe + pilots + the rest of
+the winner's run) over the candidates' fit times added up (what a one-seed `tlexp.compare` of them costs, the
+user's alternative to trusting auto). `x winner` = auto's fit time over the fit time of the strategy it picked.
+Every run has its own dir under `--dir`; a finished one (metrics.json) is read, not rerun, so an interrupted
+bench continues where it stopped. The table goes to the console and `<dir>/bench_auto.json`.
+
+    python benchmarks/datasets.py --root outputs/datasets        # digits/ and textures/ (once)
+    python benchmarks/bench_auto.py --cells fmnist_100 fmnist_1000 textures digits_500 --set threads=1
+    python benchmarks/bench_auto.py --quick                     # a tiny cell on synthetic data (the test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CANDIDATES = ["feature_extraction", "lp_ft", "finetune", "gradual"]  # conf/strategy/auto.yaml's candidates
+COMMON = ["report.enabled=false", "trainer.enable_progress_bar=false"]
+
+
+def cells(data_root: str) -> dict[str, list[str]]:
+    folder = ["dataset=imagefolder", "dataset.preprocess.image_size=96"]
+    return {
+        **{f"fmnist_{10 * n}": ["dataset=fashion_mnist", f"dataset.per_class={n}"] for n in (10, 30, 100, 300)},
+        "textures": [*folder, f"dataset.root={data_root}/textures"],
+        "digits_500": [*folder, f"dataset.root={data_root}/digits", "dataset.train_size=500"],
+    }
+
+
+QUICK = {
+    "synthetic": ["dataset=synthetic", "model=test_resnet", "model.weights=none", "epoch_scale=0.1",
+                  "strategy.pretrained=false"],
+}  # fmt: skip
+
+
+def run(out: Path, overrides: list[str]) -> dict:
+    """One tlexp.train run in `out` (read back when already finished); a failure is recorded, not raised."""
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())
+    command = [sys.executable, "-m", "tlexp.train", *overrides, f"hydra.run.dir={out}"]
+    print(f"--- {out} (load {os.getloadavg()[0]:.2f}): {' '.join(overrides)}", flush=True)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0 or not metrics.is_file():
+        print(f"    failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:] or ''}", flush=True)
+        return {"error": done.stderr[-2000:]}
+    return json.loads(metrics.read_text())
+
+
+def measure(work: Path, cell: str, overrides: list[str], seed: int, candidates: list[str], truth_only: bool) -> dict:
+    base = work / f"{cell}_s{seed}"
+    shared = [*COMMON, *overrides, f"seed={seed}"]
+    auto = None
+    if not truth_only:  # first, on a cold feature cache of its own
+        auto = run(base / "auto", ["strategy=auto", *shared, f"cache.dir={base / 'auto_cache'}"])
+    truth = {s: run(base / s, [f"strategy={s}", *shared, f"cache.dir={base / 'cache'}"]) for s in candidates}
+    return {"cell": cell, "seed": seed, "truth": truth, "auto": auto}
+
+
+def summarise(result: dict) -> dict:
+    ok = {s: m for s, m in result["truth"].items() if "error" not in m}
+    ranking = sorted(ok, key=lambda s: -ok[s]["test"]["acc"])
+    row = {
+        "cell": result["cell"],
+        "seed": result["seed"],
+        "train": next(iter(ok.values()))["dataset_sizes"]["train"] if ok else None,
+        "truth": {
+            s: {k: ok[s][k] for k in ("best_val_acc", "fit_seconds")} | {"test_acc": ok[s]["test"]["acc"]}
+            for s in ranking
+        },  # fmt: skip
+        "ranking": ranking,
+        "picked_on_val": max(ok, key=lambda s: ok[s]["best_val_acc"]) if ok else None,
+        "failed": sorted(set(result["truth"]) - set(ok)),
+    }
+    auto = result["auto"]
+    if auto and "error" not in auto and ranking:
+        pick = auto["auto"]["strategy"]
+        row |= {
+            "auto_pick": pick,
+            "auto_test_acc": auto["test"]["acc"],
+            "auto_fit_seconds": auto["fit_seconds"],
+            "regret": ok[ranking[0]]["test"]["acc"] - auto["test"]["acc"],
+            "cost": auto["fit_seconds"] / sum(ok[s]["fit_seconds"] for s in ok),
+            "x_winner": auto["fit_seconds"] / ok[pick]["fit_seconds"] if pick in ok else None,
+            "reason": auto["auto"]["reason"],
+        }
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'cell':<14} {'train':>5}  {'truth ranking (test acc)':<58} {'auto pick':<19} "
+          f"{'regret':>6} {'cost':>5} {'x winner':>8}")  # fmt: skip
+    for r in rows:
+        truth = ", ".join(f"{s} {r['truth'][s]['test_acc']:.3f}" for s in r["ranking"])
+        if "auto_pick" in r:
+            x = f"{r['x_winner']:.2f}" if r["x_winner"] is not None else "-"
+            auto = f"{r['auto_pick']:<19} {100 * r['regret']:>6.2f} {r['cost']:>5.2f} {x:>8}"
+        else:
+            auto = "(not run)"
+        print(f"{r['cell']:<14} {r['train']!s:>5}  {truth:<58} {auto}")
+    done = [r for r in rows if "auto_pick" in r]
+    if done:
+        worst = max(100 * r["regret"] for r in done)
+        mean_cost = sum(r["cost"] for r in done) / len(done)
+        print(f"\nworst regret {worst:.2f} points (target <= 1), mean cost {mean_cost:.2f} (target <= 0.35), "
+              f"{len(done)} cells")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", default="outputs/bench_auto", help="run dirs (resumable)")
+    parser.add_argument("--data-root", default="outputs/datasets", help="where benchmarks/datasets.py wrote its sets")
+    parser.add_argument("--cells", nargs="+", default=["fmnist_100", "fmnist_300", "fmnist_1000", "textures"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--truth-only", action="store_true", help="only the candidates' full runs")
+    parser.add_argument("--quick", action="store_true", help="one tiny cell on synthetic data (a smoke test)")
+    parser.add_argument("--set", nargs="+", default=[], dest="overrides", help="Hydra overrides for every run")
+    args = parser.parse_args()
+    table = QUICK if args.quick else cells(args.data_root)
+    unknown = [c for c in args.cells if c not in table and not args.quick]
+    if unknown:
+        parser.error(f"unknown cells {unknown}; choose from {', '.join(table)}")
+    names = list(table) if args.quick else args.cells
+    work = Path(args.dir)
+    started = time.perf_counter()
+    rows = []
+    for cell in names:
+        for seed in args.seeds:
+            result = measure(work, cell, [*table[cell], *args.overrides], seed, CANDIDATES, args.truth_only)
+            rows.append(summarise(result))
+    print(f"\nbench-auto on {os.uname().machine}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, "
+          f"{time.perf_counter() - started:.0f} s (finished runs under {work} are read, not rerun)")  # fmt: skip
+    print_table(rows)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "bench_auto.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""`strategy=auto` with a budget: the probe, then successive halving over pilots of the candidate strategies.
+
+A candidate that trains only the head (feature_extraction) is judged by the linear probe on frozen features:
+its converged result, in seconds. Every other candidate is a real run of its own (`build_run`) in
+`<run dir>/pilots/<strategy>/`, trained for the first epochs of its own full schedule; each rung keeps the
+better half and doubles their backbone epochs, resuming them from their last.ckpt, until two are left and
+`auto.choose` judges them. The winner then trains on to the end of its schedule from where its pilot stopped:
+no epoch of the winner is thrown away, and its linear-probe head (LP-FT) is the one it started from. Only the
+val split is read; test is first touched by the winner's final test.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from . import auto
+from .atomic import write_text
+from .auto import Decision, Standing
+from .build import Run, build_run, check_config, init_head, plain, start_output
+from .errors import ConfigError
+from .evidence import FeatureEvidence, feature_evidence
+from .features import eval_features
+from .resume import LAST
+
+log = logging.getLogger(__name__)
+
+DECISION = "auto.json"  # written in the auto run's dir once the choice is made
+
+
+def head_only_epochs(run: Run) -> int:
+    """Epochs of the leading phases that train the head alone: on cached features they cost next to nothing."""
+    epochs = 0
+    for phase in run.phases:
+        if phase.train != ["head"]:
+            break
+        epochs += phase.epochs
+    return epochs
+
+
+class Pilot:
+    """One candidate's run, trained a rung at a time: `advance(n)` brings it to n backbone epochs."""
+
+    def __init__(self, name: str, run: Run):
+        self.name, self.run = name, run
+        self.free = head_only_epochs(run)
+        self.total = run.schedule.total_epochs - self.free  # backbone epochs of the full schedule
+        self.epochs = 0
+        self.seconds = 0.0
+        self.head_init: dict | None = None
+
+    def advance(self, epochs: int) -> Standing:
+        run, trainer = self.run, self.run.trainer
+        started = time.perf_counter()
+        if self.epochs == 0:
+            self.head_init = init_head(run)
+        last = run.out / "checkpoints" / LAST
+        trainer.fit_loop.max_epochs = self.free + min(epochs, self.total)
+        run.schedule.current = None  # re-applied from the checkpoint's phase, as in a resumed process
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=last if last.is_file() else None)
+        self.epochs = min(epochs, self.total)
+        self.seconds += time.perf_counter() - started
+        correct = run.module.val_correct()
+        full = self.seconds * self.total / self.epochs
+        return Standing(self.name, correct.float().mean().item(), correct, self.epochs, self.seconds, full)
+
+    def continuation(self, out: Path, decision: Decision) -> Run:
+        """The winner's run, to be fitted on to the end of its schedule from its last.ckpt, recorded in `out`."""
+        self.run.trainer.fit_loop.max_epochs = self.run.schedule.total_epochs
+        self.run.schedule.current = None
+        last = self.run.out / "checkpoints" / LAST
+        return dataclasses.replace(self.run, out=out, resume_from=last, decision=decision)
+
+
+def candidate_cfg(cfg: DictConfig, name: str, out: Path) -> DictConfig:
+    """The run config of one candidate: the user's, with the candidate's strategy, in <out>/pilots/<name>."""
+    pilot = copy.deepcopy(cfg)
+    with open_dict(pilot):
+        pilot.strategy = auto.load_strategy(name)
+        pilot.output_dir = str(out / "pilots" / name)
+        pilot.resume = None
+    return pilot
+
+
+def probe_standing(name: str, run: Run) -> tuple[Standing, FeatureEvidence]:
+    """feature_extraction's evidence: the probe (and kNN, CV) on the frozen backbone's train/val features."""
+    started = time.perf_counter()
+    dm = run.datamodule
+    if dm.on_device:
+        raise ConfigError(
+            "strategy=auto measures a linear probe on frozen features, which data.augment_on=device does not "
+            "provide. Use data.augment_on=cpu, or strategy.budget=0 (the size rule)."
+        )
+    features = eval_features(plain(run.cfg.cache), dm, run.module.backbone, run.cfg.model.name)
+    found = feature_evidence(features.features("train"), features.features("val"), dm.num_classes)
+    seconds = time.perf_counter() - started
+    return Standing(name, found.val_acc, found.val_correct, 0, seconds, seconds), found
+
+
+def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
+    """Measure, choose, and return the winner's run ready to fit on (its decision attached)."""
+    started = time.perf_counter()
+    check_config(cfg)
+    spec = plain(cfg.strategy)
+    out = start_output(cfg, None)
+    names = [c["name"] for c in auto.candidates(spec)]
+    runs = {name: build_run(candidate_cfg(cfg, name, out), callbacks) for name in names}
+    head_only = [n for n in names if head_only_epochs(runs[n]) == runs[n].schedule.total_epochs]
+    pilots = {n: Pilot(n, runs[n]) for n in names if n not in head_only}
+    standings, features = {}, None
+    for name in head_only:  # before any pilot trains: the probe sees the pretrained backbone
+        standings[name], features = probe_standing(name, runs[name])
+    if not head_only:
+        _, features = probe_standing("probe", next(iter(runs.values())))
+    epochs = max(1, round(float(spec["budget"]) * min((p.total for p in pilots.values()), default=1)))
+    for name, pilot in pilots.items():
+        standings[name] = pilot.advance(epochs)
+    rungs = [[s.as_dict() for s in standings.values()]]
+    alive = list(standings.values())
+    while len(alive) > 2:
+        alive = auto.better_half(alive)
+        epochs *= 2
+        alive = [pilots[s.strategy].advance(epochs) if s.strategy in pilots else s for s in alive]
+        rungs.append([s.as_dict() for s in alive])
+    winner, runner_up = auto.choose(alive)
+    dm = next(iter(runs.values())).datamodule
+    sizes = dm.sizes()
+    decision = Decision(
+        strategy=winner.strategy,
+        reason=f"{sizes['train']} training images, {dm.num_classes} classes: "
+        + auto.explain(winner, runner_up, sizes["val"]),
+        train_images=sizes["train"],
+        num_classes=dm.num_classes,
+        method="evidence",
+        runner_up=runner_up.strategy if runner_up else None,
+        evidence=[s.as_dict(auto.paired_noise(winner, s)) for s in alive],
+        features=features.as_dict(),
+        seconds=round(time.perf_counter() - started, 2),
+        rungs=rungs,
+    )
+    write_text(out / DECISION, json.dumps(decision.as_dict(), indent=2))
+    log.info("strategy=auto: %s", decision.reason)
+    if winner.strategy in pilots:
+        return pilots[winner.strategy].continuation(out, decision)
+    return dataclasses.replace(runs[winner.strategy], out=out, decision=decision)

@@ -1,0 +1,216 @@
+"""strategy=auto from evidence: the judgement on made-up evidence, the probe/kNN evidence, and real pilots."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import tlexp.train as train_module
+from tlexp import auto
+from tlexp.auto import Standing, better_half, choose, explain, paired_noise
+from tlexp.data import TransferDataModule
+from tlexp.errors import ConfigError
+from tlexp.evidence import feature_evidence, knn_predict, stratified_folds
+from tlexp.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def standing(name: str, right: int, n: int = 100, cost: float = 10.0, epochs: int = 1, offset: int = 0) -> Standing:
+    """A candidate that gets val images offset .. offset+right-1 (mod n) right."""
+    correct = torch.zeros(n, dtype=torch.bool)
+    correct[(torch.arange(right) + offset) % n] = True
+    return Standing(name, right / n, correct, epochs, cost / 10, cost)
+
+
+# ---------------------------------------------------------------- judging made-up evidence
+
+
+def test_paired_noise_is_the_standard_error_of_the_per_image_difference():
+    a, b = standing("a", 60), standing("b", 50, offset=55)  # a right on 0..59, b on 55..99 and 0..4
+    diff = torch.zeros(100)
+    diff[5:55] = 1.0  # a right, b wrong
+    diff[60:100] = -1.0  # b right, a wrong
+    assert paired_noise(a, b) == pytest.approx(diff.std().item() / math.sqrt(100))
+    assert paired_noise(a, a) == 0.0
+    # the same images right: no noise at all between them, whatever the accuracy
+    assert paired_noise(standing("x", 70), standing("y", 70)) == 0.0
+
+
+def test_a_lead_beyond_the_noise_wins_even_when_dearer():
+    cheap = standing("feature_extraction", 70, cost=1.0, epochs=0)
+    dear = standing("lp_ft", 90, cost=100.0)  # right on a superset of cheap's images: +20 points, noise ~4
+    winner, runner_up = choose([cheap, dear])
+    assert (winner.strategy, runner_up.strategy) == ("lp_ft", "feature_extraction")
+    assert "+20.0 points, more than the noise" in explain(winner, runner_up, 100)
+
+
+def test_a_tie_within_the_noise_goes_to_the_cheaper():
+    cheap = standing("feature_extraction", 80, cost=1.0, epochs=0)
+    dear = standing("lp_ft", 82, cost=100.0, offset=5)  # +2 points, but they disagree on 13 images
+    assert 0.02 < paired_noise(cheap, dear)
+    winner, runner_up = choose([cheap, dear])
+    assert (winner.strategy, runner_up.strategy) == ("feature_extraction", "lp_ft")
+    assert "within the noise" in explain(winner, runner_up, 100) and "100x cheaper" in explain(winner, runner_up, 100)
+
+
+def test_the_same_gap_is_a_win_when_the_candidates_agree_elsewhere():
+    """Noise is paired: +2 points on 1000 images, where the cheaper one is right on a subset, is a real lead."""
+    dear = standing("lp_ft", 820, n=1000, cost=100.0)  # right on images 0..819
+    cheap = standing("feature_extraction", 800, n=1000, cost=1.0, epochs=0)  # right on 0..799
+    assert choose([cheap, dear])[0].strategy == "lp_ft"
+
+
+def test_better_half_keeps_the_top_half_and_breaks_ties_by_cost():
+    found = [standing("a", 50), standing("b", 70, cost=30), standing("c", 70, cost=20), standing("d", 40)]
+    assert [s.strategy for s in better_half(found)] == ["c", "b"]
+    assert [s.strategy for s in better_half(found[:3])] == ["c", "b"]  # ceil(3 / 2)
+    assert [s.strategy for s in better_half(found[:1])] == ["a"]
+
+
+def test_the_size_rule_says_it_measured_nothing():
+    decision = auto.decide(1000, 10)
+    assert decision.strategy == "gradual" and decision.method == "size rule"
+    assert "strategy.budget=0, nothing measured" in decision.reason
+
+
+def test_an_unknown_candidate_is_named():
+    with pytest.raises(ConfigError, match="'banana' is not a strategy; choose from .*lp_ft"):
+        auto.candidates({"name": "auto", "budget": 0.1, "candidates": ["lp_ft", "banana"]})
+
+
+# ---------------------------------------------------------------- evidence from features
+
+
+def test_folds_are_stratified():
+    labels = torch.tensor([0] * 10 + [1] * 5)
+    fold = stratified_folds(labels, 5, seed=1)
+    for f in range(5):
+        assert (labels[fold == f] == 0).sum() == 2 and (labels[fold == f] == 1).sum() == 1
+
+
+def test_knn_votes_by_cosine_similarity():
+    train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    train_y = torch.tensor([0, 0, 1])
+    assert knn_predict(train_x, train_y, torch.tensor([[0.1, 1.0], [5.0, 0.2]]), 2, k=1).tolist() == [1, 0]
+
+
+def test_feature_evidence_separates_signal_from_noise():
+    torch.manual_seed(0)
+    y = torch.arange(300) % 3
+    signal = torch.randn(300, 16) * 0.3 + torch.nn.functional.one_hot(y, 16).float() * 3
+    train, val = (signal[:200], y[:200]), (signal[200:], y[200:])
+    good = feature_evidence(train, val, 3)
+    assert good.val_acc == 1.0 and good.cv_acc == 1.0 and good.knn_acc == 1.0 and good.folds == 5
+    assert good.val_correct.shape == (100,) and bool(good.val_correct.all())
+    noise = torch.randn(300, 16)
+    bad = feature_evidence((noise[:200], y[:200]), (noise[200:], y[200:]), 3)
+    assert bad.cv_acc < 0.6 and bad.knn_acc < 0.6 and bad.cv_std > 0
+
+
+# ---------------------------------------------------------------- real pilots
+
+
+class EpochCounter(Callback):
+    def __init__(self):
+        self.started = 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.started += 1
+
+
+def test_auto_measures_pilots_and_the_winner_continues_from_its_pilot(tiny_cfg, monkeypatch):
+    choosing, test_reads = [False], []
+    real_select, real_test = train_module.select, TransferDataModule.test_dataloader
+
+    def watched_select(*args, **kwargs):
+        choosing[0] = True
+        try:
+            return real_select(*args, **kwargs)
+        finally:
+            choosing[0] = False
+
+    def watched_test(self):
+        test_reads.append(choosing[0])
+        return real_test(self)
+
+    monkeypatch.setattr(train_module, "select", watched_select)
+    monkeypatch.setattr(TransferDataModule, "test_dataloader", watched_test)
+    counter = EpochCounter()
+    # two fine-tuning candidates: the winner is a pilot, which must continue, not start again
+    cfg = tiny_cfg("strategy=auto", "strategy.candidates=[lp_ft,finetune]", "epoch_scale=0.4")
+    metrics = train(cfg, callbacks=[counter])
+    out = Path(cfg.output_dir)
+    decision = metrics["auto"]
+    assert decision["method"] == "evidence" and decision["strategy"] in ("lp_ft", "finetune")
+    assert metrics["strategy"] == decision["strategy"]
+    assert decision["runner_up"] == ({"lp_ft", "finetune"} - {decision["strategy"]}).pop()
+    assert len(decision["rungs"]) == 1 and {s["strategy"] for s in decision["rungs"][0]} == {"lp_ft", "finetune"}
+    assert all(s["epochs"] == 1 for s in decision["rungs"][0])  # budget 0.1 of 5 epochs: 1 (at least one)
+    assert decision["features"]["folds"] >= 2 and 0 <= decision["features"]["knn_acc"] <= 1
+    assert test_reads and not any(test_reads)  # test is read after choosing, never while
+    winner_epochs = metrics["epochs"]
+    # the winner's pilot epoch is kept: one epoch for the loser, the winner's full schedule once
+    assert counter.started == 1 + winner_epochs
+    assert [row["epoch"] for row in metrics["history"]] == list(range(winner_epochs))
+    assert metrics["fit_seconds"] >= decision["seconds"] > 0 and metrics["resumed"] is False
+    assert json.loads((out / "auto.json").read_text())["strategy"] == decision["strategy"]
+    assert (out / "metrics.json").is_file() and (out / "pilots" / decision["strategy"] / "checkpoints").is_dir()
+    events = EventAccumulator(str(out / "pilots" / decision["strategy"] / "tensorboard"), size_guidance={"tensors": 0})
+    assert "strategy/auto/text_summary" in events.Reload().Tags()["tensors"]
+
+
+def test_successive_halving_over_four_candidates(tiny_cfg):
+    metrics = train(tiny_cfg("strategy=auto", "epoch_scale=0.2"))  # lp_ft 2 epochs, finetune 6, gradual 2+2+2
+    rungs = metrics["auto"]["rungs"]
+    assert [len(r) for r in rungs] == [4, 2]
+    first = {s["strategy"]: s for s in rungs[0]}
+    assert first["feature_extraction"]["epochs"] == 0  # judged by the probe
+    kept = sorted(first.values(), key=lambda s: (-s["val_acc"], s["full_seconds_est"]))[:2]
+    assert {s["strategy"] for s in rungs[1]} == {s["strategy"] for s in kept}
+    assert all(s["epochs"] == 2 for s in rungs[1] if s["strategy"] != "feature_extraction")  # doubled
+    assert metrics["strategy"] == metrics["auto"]["strategy"] in {s["strategy"] for s in rungs[1]}
+
+
+def test_budget_zero_is_the_size_rule(tiny_cfg):
+    metrics = train(tiny_cfg("strategy=auto", "strategy.budget=0", "epoch_scale=0.1"))
+    assert metrics["strategy"] == "feature_extraction"  # 104 training images < 500
+    assert metrics["auto"]["method"] == "size rule" and "nothing measured" in metrics["auto"]["reason"]
+    assert not (Path(metrics["checkpoint"]).parents[1] / "pilots").exists()
+
+
+def test_resuming_an_auto_run_points_at_its_winner(tiny_cfg):
+    cfg = tiny_cfg("strategy=auto", "strategy.candidates=[lp_ft,finetune]", "epoch_scale=0.2")
+    train(cfg)
+    out = Path(cfg.output_dir)
+    (out / "metrics.json").unlink()  # as if killed while the winner trained on
+    winner = json.loads((out / "auto.json").read_text())["strategy"]
+    with pytest.raises(ConfigError, match=f"chose {winner}, which trains in .*Resume that run: python -m tlexp.train"):
+        train(tiny_cfg(f"resume={out}"))
+
+
+def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
+    overrides = ["dataset=synthetic", "model=test_resnet", f"model.weights={tiny_weights}", "epoch_scale=0.1",
+                 "trainer.enable_progress_bar=false"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlexp.advise", *overrides, "models=[test_resnet,resnet18]"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "test_resnet" in out and "resnet18               skipped: model 'resnet18.tv_in1k' needs" in out
+    assert "pilots, successive halving" in out and "rung 2:" in out and "advice: 104 training images" in out
+    command = next(line for line in out.splitlines() if line.startswith("run it: ")).removeprefix("run it: ")
+    assert command.startswith("python -m tlexp.train strategy=") and " ".join(overrides) in command
+    ran = subprocess.run(
+        [sys.executable, *command.split()[1:], "--cfg", "job"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
