@@ -142,6 +142,16 @@ def schedule_factor(kind: str, progress: float) -> float:
     return 1e-4 / 25 + (1 - 1e-4 / 25) * 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm)))
 
 
+def bn_eval_groups(phase: Phase, groups: list[str]) -> list[str]:
+    """The groups whose BatchNorm runs in eval mode in this phase.
+
+    frozen = the frozen groups only; eval = everywhere (Keras's advice for fine-tuning: affine weights learn,
+    statistics stay the pretrained ones); train = nowhere.
+    """
+    frozen = [g for g in groups if g not in phase.train]
+    return {"frozen": frozen, "eval": list(groups), "train": []}[phase.bn]
+
+
 # ---------------------------------------------------------------- the callback
 
 
@@ -250,11 +260,7 @@ class PhaseSchedule(Callback):
                     optimizer.state.pop(p, None)
             group["lr"] = phase.lr.get(group["name"], 0.0)
             group["weight_decay"] = phase.weight_decay * group.get("decay", 1.0) if trains else 0.0
-        # BatchNorm: frozen = eval mode in frozen groups only; eval = everywhere (Keras's advice for
-        # fine-tuning: affine weights learn, statistics stay the pretrained ones); train = nowhere.
-        frozen = [g for g in pl_module.group_names if g not in phase.train]
-        eval_groups = {"frozen": frozen, "eval": pl_module.group_names, "train": []}[phase.bn]
-        pl_module.set_frozen_bn(eval_groups)
+        pl_module.set_frozen_bn(bn_eval_groups(phase, pl_module.group_names))
         self.current = index
         pl_module.audit_groups(optimizer, phase, index, mode)
 

@@ -24,6 +24,7 @@ class Outcome:
     evaluation: dict | None
     probe: dict | None
     head_init: dict | None = None  # head_init: probe: the probe the head started from
+    lr_find: dict | None = None  # lr_find=true: the range test's suggestion (not applied)
 
 
 def metrics_of(run: Run, outcome: Outcome) -> dict:
@@ -66,6 +67,7 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "feature_cache": run.cache.report() if run.cache is not None else None,
         "linear_probe": outcome.probe,
         "head_init": outcome.head_init,
+        "lr_find": outcome.lr_find,
     }
 
 

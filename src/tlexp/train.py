@@ -23,6 +23,7 @@ from .cli import precheck
 from .errors import exit_on_user_error
 from .evaluate import evaluate
 from .linear_probe import linear_probe
+from .lr_find import find_lr
 from .pilots import select
 from .progress import quiet_lightning
 from .record import Outcome, record
@@ -52,18 +53,21 @@ def fit_and_test(run: Run) -> Outcome:
         run.logger.experiment.add_text("strategy/auto", run.decision.reason, 0)
     started = time.perf_counter()
     head_init = init_head(run)  # part of the fit: LP-FT's linear probe
+    lr_found = find_lr(run) if run.cfg.get("lr_find") and run.resume_from is None else None  # not part of it
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
     except SIGTERMException:  # a SystemExit with status 0: a stopped run must not look like a finished one
         sys.exit(128 + signal.SIGTERM)
-    fit_seconds = time.perf_counter() - started
+    fit_seconds = time.perf_counter() - started - (lr_found["seconds"] if lr_found else 0.0)
     # Copied before test(): restoring the best checkpoint restores callback state too.
     phase_history, epochs = list(run.schedule.history), list(run.curves.rows)
     best = run.best.best_model_path or None
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test_seconds = time.perf_counter() - started
-    return Outcome(fit_seconds, test_seconds, best, test, phase_history, epochs, report(run), probe(run), head_init)
+    return Outcome(
+        fit_seconds, test_seconds, best, test, phase_history, epochs, report(run), probe(run), head_init, lr_found
+    )
 
 
 def report(run: Run) -> dict | None:

@@ -217,6 +217,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "compile": boolean(False),
         "threads": AUTO | integer(1, example=2),  # accel.resolve_threads
         "linear_probe": boolean(False),
+        "lr_find": boolean(False),
         "output_dir": text("outputs/my_run"),
         "resume": text("outputs/2024-05-01/12-00-00_gradual_efficientnet_lite0") | NULL,
         "resume_from": choice("last", "best"),  # which checkpoint of the resumed run: last.ckpt or the best one
