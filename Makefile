@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu bench-cache bench-recipes clean-cache tensorboard evaluate predict export lint clean
+.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu bench-cache bench-recipes bench-datasets bench-auto clean-cache tensorboard evaluate predict export lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,12 @@ export: ## ONNX / TorchScript + model card: make export ARGS="ckpt=<file> format
 
 bench-recipes: ## the recipe study: feature_extraction (+ probe), lp_ft, gradual, finetune on the main job's data, chosen on val: $(ARGS)
 	$(PY) benchmarks/recipes.py $(ARGS)
+
+bench-datasets: ## the benchmarks' other real image sets (digits, textures) as image folders under outputs/datasets
+	$(PY) benchmarks/datasets.py --root outputs/datasets
+
+bench-auto: bench-datasets ## strategy=auto's regret and cost against every candidate at full length (hours on CPU; resumable): $(ARGS)
+	$(PY) benchmarks/bench_auto.py $(ARGS)
 
 bench-cache: ## cached vs uncached feature_extraction (Fashion-MNIST, EfficientNet-Lite0, 20 epochs), side by side
 	$(PY) benchmarks/bench_cache.py $(ARGS)

@@ -37,10 +37,16 @@ def cells(data_root: str) -> dict[str, list[str]]:
     }
 
 
-QUICK = {
-    "synthetic": ["dataset=synthetic", "model=test_resnet", "model.weights=none", "epoch_scale=0.1",
-                  "strategy.pretrained=false"],
-}  # fmt: skip
+def quick_cells(work: Path) -> dict[str, list[str]]:
+    """A smoke test: synthetic data, the tiny test ResNet with random weights saved as its 'pretrained' file."""
+    weights = work / "test_resnet_random.pth"
+    if not weights.is_file():
+        import timm
+        import torch
+
+        work.mkdir(parents=True, exist_ok=True)
+        torch.save(timm.create_model("test_resnet.r160_in1k", num_classes=0).state_dict(), weights)
+    return {"synthetic": ["dataset=synthetic", "model=test_resnet", f"model.weights={weights}", "epoch_scale=0.1"]}
 
 
 def run(out: Path, overrides: list[str]) -> dict:
@@ -57,13 +63,14 @@ def run(out: Path, overrides: list[str]) -> dict:
     return json.loads(metrics.read_text())
 
 
-def measure(work: Path, cell: str, overrides: list[str], seed: int, candidates: list[str], truth_only: bool) -> dict:
+def measure(work: Path, cell: str, overrides: list[str], seed: int, candidates: list[str], part: str) -> dict:
     base = work / f"{cell}_s{seed}"
     shared = [*COMMON, *overrides, f"seed={seed}"]
-    auto = None
-    if not truth_only:  # first, on a cold feature cache of its own
+    auto, truth = None, {}
+    if part in ("all", "auto"):  # first, on a cold feature cache of its own
         auto = run(base / "auto", ["strategy=auto", *shared, f"cache.dir={base / 'auto_cache'}"])
-    truth = {s: run(base / s, [f"strategy={s}", *shared, f"cache.dir={base / 'cache'}"]) for s in candidates}
+    if part in ("all", "truth"):
+        truth = {s: run(base / s, [f"strategy={s}", *shared, f"cache.dir={base / 'cache'}"]) for s in candidates}
     return {"cell": cell, "seed": seed, "truth": truth, "auto": auto}
 
 
@@ -122,25 +129,27 @@ def main() -> None:
     parser.add_argument("--data-root", default="outputs/datasets", help="where benchmarks/datasets.py wrote its sets")
     parser.add_argument("--cells", nargs="+", default=["fmnist_100", "fmnist_300", "fmnist_1000", "textures"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--truth-only", action="store_true", help="only the candidates' full runs")
+    parser.add_argument("--part", choices=["all", "truth", "auto"], default="all",
+                        help="truth = only the candidates' full runs, auto = only strategy=auto (two processes "
+                        "can share the work); the table needs both")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="one tiny cell on synthetic data (a smoke test)")
     parser.add_argument("--set", nargs="+", default=[], dest="overrides", help="Hydra overrides for every run")
     args = parser.parse_args()
-    table = QUICK if args.quick else cells(args.data_root)
+    work = Path(args.dir)
+    table = quick_cells(work) if args.quick else cells(args.data_root)
     unknown = [c for c in args.cells if c not in table and not args.quick]
     if unknown:
         parser.error(f"unknown cells {unknown}; choose from {', '.join(table)}")
     names = list(table) if args.quick else args.cells
-    work = Path(args.dir)
     started = time.perf_counter()
     rows = []
     for cell in names:
         for seed in args.seeds:
-            result = measure(work, cell, [*table[cell], *args.overrides], seed, CANDIDATES, args.truth_only)
+            result = measure(work, cell, [*table[cell], *args.overrides], seed, CANDIDATES, args.part)
             rows.append(summarise(result))
     print(f"\nbench-auto on {os.uname().machine}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, "
           f"{time.perf_counter() - started:.0f} s (finished runs under {work} are read, not rerun)")  # fmt: skip
-    print_table(rows)
+    print_table([r for r in rows if r["ranking"]])
     work.mkdir(parents=True, exist_ok=True)
     (work / "bench_auto.json").write_text(json.dumps(rows, indent=2))
 
