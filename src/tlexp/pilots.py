@@ -53,13 +53,12 @@ class Pilot:
         self.total = run.schedule.total_epochs - self.free  # backbone epochs of the full schedule
         self.epochs = 0
         self.seconds = 0.0
-        self.head_init: dict | None = None
 
     def advance(self, epochs: int) -> Standing:
         run, trainer = self.run, self.run.trainer
         started = time.perf_counter()
         if self.epochs == 0:
-            self.head_init = init_head(run)
+            init_head(run)  # LP-FT's probe head, fitted once: later rungs resume with it in the checkpoint
         last = run.out / "checkpoints" / LAST
         trainer.fit_loop.max_epochs = self.free + min(epochs, self.total)
         run.schedule.current = None  # re-applied from the checkpoint's phase, as in a resumed process
