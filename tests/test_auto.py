@@ -120,8 +120,14 @@ def test_feature_evidence_separates_signal_from_noise():
 
 
 class EpochCounter(Callback):
+    """Epochs trained, and at each fit's start its epoch and how many parameters carry optimizer state."""
+
     def __init__(self):
         self.started = 0
+        self.fits: list[tuple[int, int]] = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.fits.append((trainer.current_epoch, len(trainer.optimizers[0].state)))
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.started += 1
@@ -160,6 +166,9 @@ def test_auto_measures_pilots_and_the_winner_continues_from_its_pilot(tiny_cfg, 
     winner_epochs = metrics["epochs"]
     # the winner's pilot epoch is kept: one epoch for the loser, the winner's full schedule once
     assert counter.started == 1 + winner_epochs
+    # two pilots start fresh at epoch 0; the winner goes on at epoch 1 with its pilot's optimizer state
+    assert sorted(counter.fits)[:2] == [(0, 0), (0, 0)] and sorted(counter.fits)[2][0] == 1
+    assert sorted(counter.fits)[2][1] > 0
     assert [row["epoch"] for row in metrics["history"]] == list(range(winner_epochs))
     assert metrics["fit_seconds"] >= decision["seconds"] > 0 and metrics["resumed"] is False
     assert json.loads((out / "auto.json").read_text())["strategy"] == decision["strategy"]
