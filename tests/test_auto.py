@@ -28,7 +28,7 @@ def standing(name: str, right: int, n: int = 100, cost: float = 10.0, epochs: in
     """A candidate that gets val images offset .. offset+right-1 (mod n) right."""
     correct = torch.zeros(n, dtype=torch.bool)
     correct[(torch.arange(right) + offset) % n] = True
-    return Standing(name, right / n, correct, epochs, cost / 10, cost)
+    return Standing(name, correct, epochs, cost / 10, cost)
 
 
 # ---------------------------------------------------------------- judging made-up evidence
@@ -67,6 +67,15 @@ def test_the_same_gap_is_a_win_when_the_candidates_agree_elsewhere():
     dear = standing("lp_ft", 820, n=1000, cost=100.0)  # right on images 0..819
     cheap = standing("feature_extraction", 800, n=1000, cost=1.0, epochs=0)  # right on 0..799
     assert choose([cheap, dear])[0].strategy == "lp_ft"
+
+
+def test_equal_counts_are_an_exact_tie_whatever_float_they_came_from():
+    """Two candidates right on the same 138 of 139 images tie, and the cheaper one wins."""
+    probe = standing("feature_extraction", 138, n=139, cost=1.0, epochs=0)
+    pilot = standing("gradual", 138, n=139, cost=100.0)
+    winner, runner_up = choose([pilot, probe])
+    assert (winner.strategy, runner_up.strategy) == ("feature_extraction", "gradual")
+    assert "+0.0 points, more than" not in explain(winner, runner_up, 139)
 
 
 def test_better_half_keeps_the_top_half_and_breaks_ties_by_cost():

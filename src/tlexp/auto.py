@@ -80,11 +80,15 @@ class Standing:
     """One candidate's evidence so far: its val accuracy, which val images it gets right, and what it costs."""
 
     strategy: str
-    val_acc: float
     correct: torch.Tensor = field(repr=False)  # bool per val image, in the same order for every candidate
     epochs: int  # backbone epochs trained so far (0: the probe on frozen features)
     seconds: float  # spent on it so far
     full_seconds: float  # its whole run, estimated from what it has cost so far
+
+    @property
+    def val_acc(self) -> float:
+        """From the per-image verdicts, for every candidate alike: equal counts are an exact tie."""
+        return self.correct.double().mean().item()
 
     def as_dict(self, noise: float | None = None) -> dict:
         row = {

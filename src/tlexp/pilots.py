@@ -67,7 +67,7 @@ class Pilot:
         self.seconds += time.perf_counter() - started
         correct = run.module.val_correct()
         full = self.seconds * self.total / self.epochs
-        return Standing(self.name, correct.float().mean().item(), correct, self.epochs, self.seconds, full)
+        return Standing(self.name, correct, self.epochs, self.seconds, full)
 
     def continuation(self, out: Path, decision: Decision) -> Run:
         """The winner's run, to be fitted on to the end of its schedule from its last.ckpt, recorded in `out`."""
@@ -99,7 +99,7 @@ def probe_standing(name: str, run: Run) -> tuple[Standing, FeatureEvidence]:
     features = eval_features(plain(run.cfg.cache), dm, run.module.backbone, run.cfg.model.name)
     found = feature_evidence(features.features("train"), features.features("val"), dm.num_classes)
     seconds = time.perf_counter() - started
-    return Standing(name, found.val_acc, found.val_correct, 0, seconds, seconds), found
+    return Standing(name, found.val_correct, 0, seconds, seconds), found
 
 
 def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
