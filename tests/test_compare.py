@@ -91,7 +91,8 @@ def test_report_aggregates_seeds_and_lists_failed_runs(tmp_path):
     report = write_report(runs, tmp_path)
     text = (tmp_path / "comparison.md").read_text()
     assert "| gradual | 90 s | 82.0% ± 2.8 | 0.810 | 1,000 of 5,000 | 4 | 3 | 2 |" in text
-    assert "`auto` would pick **gradual**; the best here was **feature_extraction** (4.0 points" in text
+    assert "size rule (`strategy=auto strategy.budget=0`) would pick **gradual**; the best here was " in text
+    assert "**feature_extraction** (4.0 points" in text
     assert "| 3_scratch_m | scratch | 0 | out of memory |" in text
     assert "| 4_finetune_m | finetune | 0 | no metrics.json" in text
     rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))

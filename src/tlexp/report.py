@@ -132,25 +132,29 @@ def markdown(summary: list[dict], failed: list[dict]) -> str:
         plain = [s for s in here if not s["strategy"].startswith("auto")]
         if plain and classes:
             best = max(plain, key=lambda s: s["test_acc_mean"])
-            pick = decide(size, classes).strategy
-            picked = next((s for s in plain if s["strategy"] == pick), None)
-            if picked is None:
-                verdict = f"`auto` would pick **{pick}**, which this comparison did not run."
-            elif picked is best:
-                verdict = f"`auto` would pick **{pick}**: the best strategy here."
-            else:
-                gap = 100 * (best["test_acc_mean"] - picked["test_acc_mean"])
-                verdict = (
-                    f"`auto` would pick **{pick}**; the best here was **{best['strategy']}** "
-                    f"({gap:.1f} points higher test accuracy)."
-                )
-            lines += ["", verdict]
+            lines += ["", size_rule_verdict(plain, best, decide(size, classes).strategy)]
+            for a in (s for s in here if s["strategy"].startswith("auto")):
+                gap = 100 * (best["test_acc_mean"] - a["test_acc_mean"])
+                lines.append(f"`{a['strategy']}`, chosen on val by probe and pilots: {gap:.1f} points below the best.")
         lines.append("")
     if failed:
         lines += ["### Runs that did not finish", "", "| run | strategy | seed | error |", "|---|---|---|---|"]
         lines += [f"| {f['run']} | {f['strategy']} | {f['seed']} | {f['error']} |" for f in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def size_rule_verdict(plain: list[dict], best: dict, pick: str) -> str:
+    """What the playbook's size rule (strategy=auto with strategy.budget=0) would have picked here."""
+    rule = "the playbook's size rule (`strategy=auto strategy.budget=0`)"
+    picked = next((s for s in plain if s["strategy"] == pick), None)
+    if picked is None:
+        return f"{rule} would pick **{pick}**, which this comparison did not run."
+    if picked is best:
+        return f"{rule} would pick **{pick}**: the best strategy here."
+    gap = 100 * (best["test_acc_mean"] - picked["test_acc_mean"])
+    best_is = f"the best here was **{best['strategy']}** ({gap:.1f} points higher test accuracy)"
+    return f"{rule} would pick **{pick}**; {best_is}."
 
 
 def write_report(root: Path, out: Path) -> dict:
