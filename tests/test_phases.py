@@ -80,6 +80,11 @@ def test_schedules_start_at_full_lr_and_decay():
     assert schedule_factor("onecycle", 0.0) == pytest.approx(1 / 25)
     assert schedule_factor("onecycle", 0.3) == pytest.approx(1.0)
     assert schedule_factor("onecycle", 1.0) < 1e-4
+    # warm-up: linear to the peak over the first 10%, then the schedule over the rest
+    assert schedule_factor("cosine", 0.05, warmup=0.1) == pytest.approx(0.5)
+    assert schedule_factor("cosine", 0.1, warmup=0.1) == pytest.approx(1.0)
+    assert schedule_factor("cosine", 0.55, warmup=0.1) == pytest.approx(0.5)
+    assert schedule_factor("cosine", 0.0, warmup=0.1) == pytest.approx(1e-3)
 
 
 class Recorder(Callback):
@@ -270,3 +275,11 @@ def test_zero_lr_mode_keeps_gradients_but_freezes_by_learning_rate(tiny_cfg):
     assert all(first["trainable"].values())  # gradients flow everywhere (DDP-safe)
     assert first["lr"]["stem"] == 0.0 and first["lr"]["head"] > 0
     assert not any(first["bn_training"]["stem"])
+
+
+def test_warmup_raises_the_rates_over_its_share_of_the_phase_at_run_time(tiny_cfg):
+    metrics = train(tiny_cfg("strategy=lp_ft", "strategy.phases.0.epochs=2", "strategy.warmup=0.5"))
+    first, second = metrics["phase_history"][0]["lr"], metrics["phase_history"][1]["lr"]
+    assert first["head"] == pytest.approx(1e-6) and first["stage1"] == pytest.approx(3e-7)  # 1e-3 of the peak
+    assert second["head"] == pytest.approx(1e-3) and second["stage1"] == pytest.approx(3e-4)  # the peak
+    assert metrics["phases"][0]["warmup"] == 0.5

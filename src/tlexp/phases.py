@@ -36,6 +36,7 @@ class Phase:
     weight_decay: float = 0.0
     bn: str = "frozen"
     schedule: str = "cosine"
+    warmup: float = 0.0  # fraction of the phase over which the rates rise linearly to their peak first
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +96,9 @@ def check_strategy(strategy: dict) -> None:
             value = p.get(key, strategy.get(key))
             if value is not None and value not in allowed:
                 raise ConfigError(f"{where}: {key} '{value}' is not one of {', '.join(allowed)}.")
+        warmup = p.get("warmup", strategy.get("warmup", 0.0))
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1:
+            raise ConfigError(f"{where}: warmup must be a fraction of the phase, >= 0 and < 1 (e.g. 0.1), got {warmup!r}.")
 
 
 def build_phases(strategy: dict, groups: list[str], weight_decay: float) -> list[Phase]:
@@ -124,14 +128,24 @@ def build_phases(strategy: dict, groups: list[str], weight_decay: float) -> list
                 weight_decay=float(p.get("weight_decay", weight_decay)),
                 bn=str(p.get("bn", strategy.get("bn", "frozen"))),
                 schedule=str(p.get("schedule", strategy.get("schedule", "cosine"))),
+                warmup=float(p.get("warmup", strategy.get("warmup", 0.0))),
             )
         )
     return phases
 
 
-def schedule_factor(kind: str, progress: float) -> float:
-    """Learning-rate multiplier at `progress` in [0, 1) through a phase."""
+def schedule_factor(kind: str, progress: float, warmup: float = 0.0) -> float:
+    """Learning-rate multiplier at `progress` in [0, 1) through a phase.
+
+    `warmup` > 0: the rates first rise linearly over that fraction of the phase, then the schedule runs over the
+    rest. Adam's first steps move every weight by about the full learning rate whatever its gradient, which
+    knocks a converged head and its pretrained features off their optimum; a warm-up keeps those steps small.
+    """
     progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0:
+        if progress < warmup:
+            return max(progress / warmup, 1e-3)
+        progress = (progress - warmup) / (1 - warmup)
     if kind == "constant":
         return 1.0
     if kind == "cosine":
@@ -230,7 +244,7 @@ class PhaseSchedule(Callback):
         phase = self.phases[index]
         per_epoch = max(1, int(trainer.num_training_batches))
         progress = (trainer.current_epoch - self.starts[index] + batch_idx / per_epoch) / phase.epochs
-        factor = schedule_factor(phase.schedule, progress)
+        factor = schedule_factor(phase.schedule, progress, phase.warmup)
         values = {}
         for group in trainer.optimizers[0].param_groups:
             base = phase.lr.get(group["name"], 0.0)
