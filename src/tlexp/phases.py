@@ -98,7 +98,7 @@ def check_strategy(strategy: dict) -> None:
                 raise ConfigError(f"{where}: {key} '{value}' is not one of {', '.join(allowed)}.")
         warmup = p.get("warmup", strategy.get("warmup", 0.0))
         if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1:
-            raise ConfigError(f"{where}: warmup must be a fraction of the phase, >= 0 and < 1 (e.g. 0.1), got {warmup!r}.")
+            raise ConfigError(f"{where}: warmup must be a fraction of the phase, >= 0 and < 1 (e.g. 0.1): {warmup}.")
 
 
 def build_phases(strategy: dict, groups: list[str], weight_decay: float) -> list[Phase]:

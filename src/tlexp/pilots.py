@@ -2,11 +2,13 @@
 
 A candidate that trains only the head (feature_extraction) is judged by the linear probe on frozen features:
 its converged result, in seconds. Every other candidate is a real run of its own (`build_run`) in
-`<run dir>/pilots/<strategy>/`, trained for the first epochs of its own full schedule; each rung keeps the
-better half and doubles their backbone epochs, resuming them from their last.ckpt, until two are left and
-`auto.choose` judges them. The winner then trains on to the end of its schedule from where its pilot stopped:
-no epoch of the winner is thrown away, and its linear-probe head (LP-FT) is the one it started from. Only the
-val split is read; test is first touched by the winner's final test.
+`<run dir>/pilots/<strategy>/`, trained for the first `strategy.budget` of its own schedule's backbone epochs
+(equal progress through each schedule: the learning rates are at the same point of their decay) and judged by
+its best val epoch so far (the one its best checkpoint holds). Each rung keeps the better half and doubles
+their share, resuming them from their last.ckpt, until two are left and `auto.choose` judges them. The winner
+then trains on to the end of its schedule from where its pilot stopped: no epoch of the winner is thrown away,
+and its linear-probe head (LP-FT) is the one it started from. Only the val split is read; test is first
+touched by the winner's final test.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 
 from . import auto
@@ -44,30 +48,45 @@ def head_only_epochs(run: Run) -> int:
     return epochs
 
 
-class Pilot:
-    """One candidate's run, trained a rung at a time: `advance(n)` brings it to n backbone epochs."""
+class BestVal(Callback):
+    """Which val images the pilot got right at its best val epoch so far (the epoch its best checkpoint holds)."""
 
-    def __init__(self, name: str, run: Run):
-        self.name, self.run = name, run
+    def __init__(self):
+        self.correct: torch.Tensor | None = None
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        correct = pl_module.val_correct()
+        if self.correct is None or correct.sum() > self.correct.sum():
+            self.correct = correct
+
+
+class Pilot:
+    """One candidate's run, trained a rung at a time: `advance(f)` brings it to a fraction f of its schedule."""
+
+    def __init__(self, name: str, run: Run, best: BestVal):
+        self.name, self.run, self.best = name, run, best
         self.free = head_only_epochs(run)
         self.total = run.schedule.total_epochs - self.free  # backbone epochs of the full schedule
         self.epochs = 0
         self.seconds = 0.0
 
-    def advance(self, epochs: int) -> Standing:
+    def advance(self, fraction: float) -> Standing:
+        """Train on to `fraction` of its backbone epochs (at least one more than before), resumed from last.ckpt."""
         run, trainer = self.run, self.run.trainer
         started = time.perf_counter()
         if self.epochs == 0:
             init_head(run)  # LP-FT's probe head, fitted once: later rungs resume with it in the checkpoint
+        epochs = min(self.total, max(self.epochs + 1, round(fraction * self.total)))
         last = run.out / "checkpoints" / LAST
-        trainer.fit_loop.max_epochs = self.free + min(epochs, self.total)
+        trainer.fit_loop.max_epochs = self.free + epochs
         run.schedule.current = None  # re-applied from the checkpoint's phase, as in a resumed process
         trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=last if last.is_file() else None)
-        self.epochs = min(epochs, self.total)
+        self.epochs = epochs
         self.seconds += time.perf_counter() - started
-        correct = run.module.val_correct()
         full = self.seconds * self.total / self.epochs
-        return Standing(self.name, correct, self.epochs, self.seconds, full)
+        return Standing(self.name, self.best.correct, self.epochs, self.seconds, full)
 
     def continuation(self, out: Path, decision: Decision) -> Run:
         """The winner's run, to be fitted on to the end of its schedule from its last.ckpt, recorded in `out`."""
@@ -109,23 +128,24 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
     spec = plain(cfg.strategy)
     out = start_output(cfg, None)
     names = [c["name"] for c in auto.candidates(spec)]
-    runs = {name: build_run(candidate_cfg(cfg, name, out), callbacks) for name in names}
+    best = {name: BestVal() for name in names}
+    runs = {name: build_run(candidate_cfg(cfg, name, out), [*(callbacks or []), best[name]]) for name in names}
     head_only = [n for n in names if head_only_epochs(runs[n]) == runs[n].schedule.total_epochs]
-    pilots = {n: Pilot(n, runs[n]) for n in names if n not in head_only}
+    pilots = {n: Pilot(n, runs[n], best[n]) for n in names if n not in head_only}
     standings, features = {}, None
     for name in head_only:  # before any pilot trains: the probe sees the pretrained backbone
         standings[name], features = probe_standing(name, runs[name])
     if not head_only:
         _, features = probe_standing("probe", next(iter(runs.values())))
-    epochs = max(1, round(float(spec["budget"]) * min((p.total for p in pilots.values()), default=1)))
+    fraction = float(spec["budget"])
     for name, pilot in pilots.items():
-        standings[name] = pilot.advance(epochs)
+        standings[name] = pilot.advance(fraction)
     rungs = [[s.as_dict() for s in standings.values()]]
     alive = list(standings.values())
     while len(alive) > 2:
         alive = auto.better_half(alive)
-        epochs *= 2
-        alive = [pilots[s.strategy].advance(epochs) if s.strategy in pilots else s for s in alive]
+        fraction *= 2
+        alive = [pilots[s.strategy].advance(fraction) if s.strategy in pilots else s for s in alive]
         rungs.append([s.as_dict() for s in alive])
     winner, runner_up = auto.choose(alive)
     dm = next(iter(runs.values())).datamodule

@@ -408,7 +408,8 @@ def _cross_checks(cfg: DictConfig, bad_keys: set[str], cuda_available: bool | No
     if "trainer.accelerator" not in bad_keys and accelerator in ("gpu", "cuda", "mps"):
         found += _accelerator_available(str(accelerator), cuda_available)
     strategy = OmegaConf.select(cfg, "strategy", default=None)
-    if isinstance(strategy, DictConfig) and not (bad_keys & {"strategy.phases", "strategy.bn", "strategy.schedule", "strategy.warmup"}):
+    phase_keys = {"strategy.phases", "strategy.bn", "strategy.schedule", "strategy.warmup"}
+    if isinstance(strategy, DictConfig) and not (bad_keys & phase_keys):
         found += _strategy_problems(OmegaConf.to_container(strategy, resolve=True), bad_keys)
     return found
 
