@@ -128,6 +128,18 @@ def test_feature_evidence_separates_signal_from_noise():
 # ---------------------------------------------------------------- real pilots
 
 
+def test_a_pilot_is_judged_by_its_best_val_epoch_so_far():
+    from types import SimpleNamespace
+
+    from tlexp.pilots import BestVal
+
+    best, trainer = BestVal(), SimpleNamespace(sanity_checking=False)
+    for right in (7, 9, 8):  # val accuracy per epoch: the second epoch is the best
+        verdicts = torch.arange(10) < right
+        best.on_validation_epoch_end(trainer, SimpleNamespace(val_correct=lambda v=verdicts: v))
+    assert int(best.correct.sum()) == 9
+
+
 class EpochCounter(Callback):
     """Epochs trained, and at each fit's start its epoch and how many parameters carry optimizer state."""
 
