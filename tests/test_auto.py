@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -15,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import tlexp.train as train_module
 from tlexp import auto
-from tlexp.auto import Standing, better_half, choose, explain, paired_noise
+from tlexp.auto import Standing, better_half, choose, explain, paired_noise, still_open
 from tlexp.data import TransferDataModule
 from tlexp.errors import ConfigError
 from tlexp.evidence import feature_evidence, knn_predict, stratified_folds
@@ -76,6 +77,19 @@ def test_equal_counts_are_an_exact_tie_whatever_float_they_came_from():
     winner, runner_up = choose([pilot, probe])
     assert (winner.strategy, runner_up.strategy) == ("feature_extraction", "gradual")
     assert "+0.0 points, more than" not in explain(winner, runner_up, 139)
+
+
+def test_a_pilot_within_the_noise_of_the_probe_trains_on_until_it_leads_or_reaches_the_cap():
+    probe = standing("feature_extraction", 83, cost=1.0, epochs=0)
+    dipping = dataclasses.replace(standing("lp_ft", 77, cost=100.0), share=0.2)
+    assert still_open([probe, dipping], cap=0.5) is dipping  # behind: fine-tuning often dips first
+    level = dataclasses.replace(standing("lp_ft", 84, cost=100.0, offset=3), share=0.2)
+    assert still_open([probe, level], cap=0.5) is level  # ahead, but within the noise
+    ahead = dataclasses.replace(standing("lp_ft", 95, cost=100.0), share=0.2)
+    assert still_open([probe, ahead], cap=0.5) is None  # leads beyond the noise: decided
+    assert still_open([probe, dataclasses.replace(dipping, share=0.5)], cap=0.5) is None  # at the cap
+    two_pilots = [dipping, dataclasses.replace(standing("finetune", 70), share=0.2)]
+    assert still_open(two_pilots, cap=0.5) is None  # equals: the cheaper wins a tie, no more training
 
 
 def test_better_half_keeps_the_top_half_and_breaks_ties_by_cost():
@@ -201,7 +215,7 @@ def test_auto_measures_pilots_and_the_winner_continues_from_its_pilot(tiny_cfg, 
 def test_successive_halving_over_four_candidates(tiny_cfg):
     metrics = train(tiny_cfg("strategy=auto", "epoch_scale=0.2"))  # lp_ft 2 epochs, finetune 6, gradual 2+2+2
     rungs = metrics["auto"]["rungs"]
-    assert [len(r) for r in rungs] == [4, 2]
+    assert [len(r) for r in rungs][:2] == [4, 2] and all(len(r) == 2 for r in rungs[2:])
     first = {s["strategy"]: s for s in rungs[0]}
     assert first["feature_extraction"]["epochs"] == 0  # judged by the probe
     kept = sorted(first.values(), key=lambda s: (-s["val_acc"], s["full_seconds_est"]))[:2]

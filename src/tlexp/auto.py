@@ -84,6 +84,7 @@ class Standing:
     epochs: int  # backbone epochs trained so far (0: the probe on frozen features)
     seconds: float  # spent on it so far
     full_seconds: float  # its whole run, estimated from what it has cost so far
+    share: float = 1.0  # of its schedule's backbone epochs trained so far; the probe is converged: 1
 
     @property
     def val_acc(self) -> float:
@@ -95,6 +96,7 @@ class Standing:
             "strategy": self.strategy,
             "val_acc": round(self.val_acc, 4),
             "epochs": self.epochs,
+            "share": round(self.share, 3),
             "seconds": round(self.seconds, 1),
             "full_seconds_est": round(self.full_seconds, 1),
         }
@@ -127,6 +129,24 @@ def choose(standings: list[Standing]) -> tuple[Standing, Standing | None]:
     others = [s for s in standings if s is not winner]
     runner_up = best if winner is not best else max(others, key=lambda s: s.val_acc, default=None)
     return winner, runner_up
+
+
+def still_open(finalists: list[Standing], cap: float) -> Standing | None:
+    """The pilot that should train on before the choice, or None when the evidence suffices.
+
+    A pilot of a fine-tuning strategy dips below the probe in its first epochs (its new learning rates knock the
+    head and features off their start) and climbs past it later. So against a converged candidate, a pilot that
+    does not lead it beyond the noise trains on, its share doubling, until it does or reaches `cap` of its
+    schedule; its epochs are the start of its own run, so they are lost only if the probe wins.
+    """
+    if len(finalists) != 2:
+        return None
+    done = [s for s in finalists if s.share >= 1.0]
+    pilot = next((s for s in finalists if s.share < cap), None)
+    if len(done) != 1 or pilot is None:
+        return None
+    lead = pilot.val_acc - done[0].val_acc
+    return None if lead > paired_noise(pilot, done[0]) else pilot
 
 
 def explain(winner: Standing, runner_up: Standing | None, val_images: int) -> str:

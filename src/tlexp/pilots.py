@@ -5,7 +5,9 @@ its converged result, in seconds. Every other candidate is a real run of its own
 `<run dir>/pilots/<strategy>/`, trained for the first `strategy.budget` of its own schedule's backbone epochs
 (equal progress through each schedule: the learning rates are at the same point of their decay) and judged by
 its best val epoch so far (the one its best checkpoint holds). Each rung keeps the better half and doubles
-their share, resuming them from their last.ckpt, until two are left and `auto.choose` judges them. The winner
+their share, resuming them from their last.ckpt, until two are left. Against the converged probe, a pilot that
+does not yet lead beyond the noise trains on up to `strategy.pilot_cap` of its schedule (`auto.still_open`);
+then `auto.choose` judges. The winner
 then trains on to the end of its schedule from where its pilot stopped: no epoch of the winner is thrown away,
 and its linear-probe head (LP-FT) is the one it started from. Only the val split is read; test is first
 touched by the winner's final test.
@@ -86,7 +88,7 @@ class Pilot:
         self.epochs = epochs
         self.seconds += time.perf_counter() - started
         full = self.seconds * self.total / self.epochs
-        return Standing(self.name, self.best.correct, self.epochs, self.seconds, full)
+        return Standing(self.name, self.best.correct, self.epochs, self.seconds, full, epochs / self.total)
 
     def continuation(self, out: Path, decision: Decision) -> Run:
         """The winner's run, to be fitted on to the end of its schedule from its last.ckpt, recorded in `out`."""
@@ -146,6 +148,10 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
         alive = auto.better_half(alive)
         fraction *= 2
         alive = [pilots[s.strategy].advance(fraction) if s.strategy in pilots else s for s in alive]
+        rungs.append([s.as_dict() for s in alive])
+    while (pending := auto.still_open(alive, float(spec["pilot_cap"]))) is not None:
+        fraction = min(2 * pending.share, float(spec["pilot_cap"]))
+        alive = [pilots[s.strategy].advance(fraction) if s is pending else s for s in alive]
         rungs.append([s.as_dict() for s in alive])
     winner, runner_up = auto.choose(alive)
     dm = next(iter(runs.values())).datamodule

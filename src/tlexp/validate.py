@@ -270,6 +270,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
             ("abc", [], 3),
         ),
         "strategy.budget": number(0, 1, example=0.1),
+        "strategy.pilot_cap": number(0, 1, example=0.5, lo_open=True),
         "models": names(["efficientnet_lite0", "resnet50"], _config_names("model")) | NULL,  # advise
         "strategy.candidates": names(["feature_extraction", "lp_ft"], _config_names("strategy", but="auto")),
         "strategy.feature_extraction_below": integer(1, example=500),
