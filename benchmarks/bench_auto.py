@@ -24,7 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from tlexp.auto import decide
+
 CANDIDATES = ["feature_extraction", "lp_ft", "finetune", "gradual"]  # conf/strategy/auto.yaml's candidates
+FINE_TUNING = {"lp_ft", "finetune", "gradual"}  # the target on auto's time over the winner's own run is for these
 COMMON = ["report.enabled=false", "trainer.enable_progress_bar=false"]
 
 
@@ -89,6 +92,9 @@ def summarise(result: dict) -> dict:
         "picked_on_val": max(ok, key=lambda s: ok[s]["best_val_acc"]) if ok else None,
         "failed": sorted(set(result["truth"]) - set(ok)),
     }
+    rule = decide(row["train"], next(iter(ok.values()))["num_classes"]).strategy if ok else None
+    if rule in ok:  # what the playbook's size rule (strategy.budget=0) would have scored
+        row |= {"rule_pick": rule, "rule_regret": ok[ranking[0]]["test"]["acc"] - ok[rule]["test"]["acc"]}
     auto = result["auto"]
     if auto and "error" not in auto and ranking:
         pick = auto["auto"]["strategy"]
@@ -105,22 +111,26 @@ def summarise(result: dict) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'cell':<14} {'train':>5}  {'truth ranking (test acc)':<58} {'auto pick':<19} "
-          f"{'regret':>6} {'cost':>5} {'x winner':>8}")  # fmt: skip
+    print(f"\n{'cell':<12} {'train':>5}  {'truth ranking (test acc)':<66} {'auto pick':<19} "
+          f"{'regret':>6} {'cost':>5} {'x winner':>8}  {'size rule (regret)':<26}")  # fmt: skip
     for r in rows:
         truth = ", ".join(f"{s} {r['truth'][s]['test_acc']:.3f}" for s in r["ranking"])
         if "auto_pick" in r:
-            x = f"{r['x_winner']:.2f}" if r["x_winner"] is not None else "-"
+            x = f"{r['x_winner']:.2f}" if r["x_winner"] is not None and r["auto_pick"] in FINE_TUNING else "-"
             auto = f"{r['auto_pick']:<19} {100 * r['regret']:>6.2f} {r['cost']:>5.2f} {x:>8}"
         else:
-            auto = "(not run)"
-        print(f"{r['cell']:<14} {r['train']!s:>5}  {truth:<58} {auto}")
+            auto = f"{'(not run)':<43}"
+        rule = f"{r['rule_pick']} ({100 * r['rule_regret']:.2f})" if "rule_pick" in r else "-"
+        print(f"{r['cell']:<12} {r['train']!s:>5}  {truth:<66} {auto}  {rule}")
     done = [r for r in rows if "auto_pick" in r]
     if done:
         worst = max(100 * r["regret"] for r in done)
         mean_cost = sum(r["cost"] for r in done) / len(done)
+        worst_rule = max(100 * r.get("rule_regret", 0) for r in rows)
+        tuned = [r["x_winner"] for r in done if r["auto_pick"] in FINE_TUNING and r["x_winner"] is not None]
         print(f"\nworst regret {worst:.2f} points (target <= 1), mean cost {mean_cost:.2f} (target <= 0.35), "
-              f"{len(done)} cells")  # fmt: skip
+              f"x winner when a fine-tuning strategy won {max(tuned, default=float('nan')):.2f} (target <= 1.5), "
+              f"{len(done)} cells; the size rule's worst regret {worst_rule:.2f}")  # fmt: skip
 
 
 def main() -> None:
