@@ -84,7 +84,7 @@ def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
 
 
 def plot_accuracy_vs_size(summary: list[dict], path: Path, thresholds=(500, 2000)) -> Path | None:
-    """Test accuracy against training-set size per strategy, with auto's thresholds marked."""
+    """Test accuracy against training-set size per strategy, with the size rule's thresholds marked."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for strategy in sorted({s["strategy"] for s in summary}):
         ss = sorted((s for s in summary if s["strategy"] == strategy), key=lambda s: s["train_images"])
@@ -93,7 +93,7 @@ def plot_accuracy_vs_size(summary: list[dict], path: Path, thresholds=(500, 2000
                     label=strategy, color=_colour(strategy))  # fmt: skip
     for t in thresholds:
         ax.axvline(t, color="gray", linestyle=":")
-        ax.text(t, ax.get_ylim()[0], f" auto: {t}", color="gray", fontsize=8, va="bottom")
+        ax.text(t, ax.get_ylim()[0], f" size rule: {t}", color="gray", fontsize=8, va="bottom")
     ax.set_xscale("log")
     ax.set(xlabel="training images", ylabel="test accuracy (%)", title="Where the strategies cross over")
     ax.grid(alpha=0.3, which="both")
