@@ -68,6 +68,7 @@ bench-recipes: ## the recipe study: feature_extraction (+ probe), lp_ft, gradual
 	$(PY) benchmarks/recipes.py $(ARGS)
 
 bench-datasets: ## the benchmarks' other real image sets (digits, textures) as image folders under outputs/datasets
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[bench]"
 	$(PY) benchmarks/datasets.py --root outputs/datasets
 
 bench-auto: bench-datasets ## strategy=auto's regret and cost against every candidate at full length (hours on CPU; resumable): $(ARGS)

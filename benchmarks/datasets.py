@@ -10,7 +10,8 @@
   the rows train, next 20% val, last 20% test), so no test patch overlaps a training patch; near-flat patches
   (std < 4 grey levels: black borders) are dropped, since they name no material; at most 60 / 20 / 25
   patches a class per split, spread evenly over the band, so that the large photos do not swamp the others.
-Both need `scikit-learn` and `scikit-image` (the dev extra installs them). An existing folder is left as is.
+Both need `scikit-learn` and `scikit-image` (the `bench` extra: `make bench-datasets` installs it). An existing
+folder is left as is.
 """
 
 from __future__ import annotations
