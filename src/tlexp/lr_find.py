@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 
 import lightning as L
@@ -53,16 +54,24 @@ def find_lr(run: Run) -> dict:
     write_bytes(plot, buffer.getvalue())
     top = max(phase.lr.values())
     overrides = apply_overrides(run.strategy["phases"][0]["lr"], suggestion) if suggestion is not None else []
+    rises = loss_rises_at(found.results["lr"], found.results["loss"])
     if suggestion is None:
         said = "no suggestion (the loss did not fall steadily over the range); see the plot"
     else:
         said = (
-            f"suggests {suggestion:.1e} for phase 1 '{phase.name}' (its highest rate now {top:.1e}); to train with it, "
-            f"keeping the ratio between groups, add: {' '.join(overrides)}"
+            f"Lightning's suggestion (steepest descent) is {suggestion:.1e} for phase 1 '{phase.name}', whose highest "
+            f"rate is now {top:.1e}; to train with it, keeping the ratio between groups, add: {' '.join(overrides)}"
+        )
+    if rises is not None:
+        said += (
+            f". The loss rises 10% above its minimum from {rises:.1e} on: keep the highest rate below that (a head "
+            "that starts converged, head_init: probe, has little loss left to fall, so there read this, not the "
+            "suggestion)"
         )
     print(f"\nlr_find: {said}. Plot: {plot}. This run trains with the configured rates.\n", flush=True)
     return {
         "suggestion": suggestion,
+        "loss_rises_at": rises,
         "phase": phase.name,
         "configured": top,
         "overrides": overrides,
@@ -77,3 +86,12 @@ def apply_overrides(lr_spec, suggestion: float) -> list[str]:
         return [f"strategy.phases.0.lr={suggestion:.1e}"]
     top = max(lr_spec.values())
     return [f"strategy.phases.0.lr.{k}={suggestion * v / top:.1e}" for k, v in lr_spec.items()]
+
+
+def loss_rises_at(lrs: list[float], losses: list[float], skip: int = 10, factor: float = 1.1) -> float | None:
+    """The first rate after the loss's minimum (the first `skip` points left out) where it exceeds factor x minimum."""
+    points = [(lr, loss) for lr, loss in list(zip(lrs, losses, strict=True))[skip:] if math.isfinite(loss)]
+    if not points:
+        return None
+    low = min(range(len(points)), key=lambda i: points[i][1])
+    return next((lr for lr, loss in points[low:] if loss > factor * points[low][1]), None)
