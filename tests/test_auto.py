@@ -258,3 +258,8 @@ def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
         [sys.executable, *command.split()[1:], "--cfg", "job"], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert ran.returncode == 0, ran.stderr[-2000:]
+
+
+def test_auto_pilots_refuse_more_than_one_process(tiny_cfg):
+    with pytest.raises(ConfigError, match="pilots judge per-image val verdicts in one process"):
+        train(tiny_cfg("strategy=auto", "trainer=ddp_cpu"))
