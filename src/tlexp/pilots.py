@@ -123,6 +123,25 @@ def probe_standing(name: str, run: Run) -> tuple[Standing, FeatureEvidence]:
     return Standing(name, found.val_correct, 0, seconds, seconds), found
 
 
+def successive_halving(pilots: dict[str, Pilot], standings: dict[str, Standing], budget: float, cap: float):
+    """Every pilot to `budget` of its schedule, then the better half to twice that, until two are left; then a
+    pilot within the noise of the probe trains on up to `cap`. Returns the finalists and every rung's standings."""
+    fraction = budget
+    for name, pilot in pilots.items():
+        standings[name] = pilot.advance(fraction)
+    alive = list(standings.values())
+    rungs = [[s.as_dict() for s in alive]]
+    while len(alive) > 2:
+        alive = auto.better_half(alive)
+        fraction *= 2
+        alive = [pilots[s.strategy].advance(fraction) if s.strategy in pilots else s for s in alive]
+        rungs.append([s.as_dict() for s in alive])
+    while (pending := auto.still_open(alive, cap)) is not None:
+        alive = [pilots[s.strategy].advance(min(2 * s.share, cap)) if s is pending else s for s in alive]
+        rungs.append([s.as_dict() for s in alive])
+    return alive, rungs
+
+
 def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
     """Measure, choose, and return the winner's run ready to fit on (its decision attached)."""
     started = time.perf_counter()
@@ -144,20 +163,7 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
         standings[name], features = probe_standing(name, runs[name])
     if not head_only:
         _, features = probe_standing("probe", next(iter(runs.values())))
-    fraction = float(spec["budget"])
-    for name, pilot in pilots.items():
-        standings[name] = pilot.advance(fraction)
-    rungs = [[s.as_dict() for s in standings.values()]]
-    alive = list(standings.values())
-    while len(alive) > 2:
-        alive = auto.better_half(alive)
-        fraction *= 2
-        alive = [pilots[s.strategy].advance(fraction) if s.strategy in pilots else s for s in alive]
-        rungs.append([s.as_dict() for s in alive])
-    while (pending := auto.still_open(alive, float(spec["pilot_cap"]))) is not None:
-        fraction = min(2 * pending.share, float(spec["pilot_cap"]))
-        alive = [pilots[s.strategy].advance(fraction) if s is pending else s for s in alive]
-        rungs.append([s.as_dict() for s in alive])
+    alive, rungs = successive_halving(pilots, standings, float(spec["budget"]), float(spec["pilot_cap"]))
     winner, runner_up = auto.choose(alive)
     dm = next(iter(runs.values())).datamodule
     sizes = dm.sizes()
