@@ -88,6 +88,8 @@ def test_a_pilot_within_the_noise_of_the_probe_trains_on_until_it_leads_or_reach
     ahead = dataclasses.replace(standing("lp_ft", 95, cost=100.0), share=0.2)
     assert still_open([probe, ahead], cap=0.5) is None  # leads beyond the noise: decided
     assert still_open([probe, dataclasses.replace(dipping, share=0.5)], cap=0.5) is None  # at the cap
+    perfect = standing("feature_extraction", 100, cost=1.0, epochs=0)
+    assert still_open([perfect, dipping], cap=0.5) is None  # nothing can lead a probe that is right on all of val
     two_pilots = [dipping, dataclasses.replace(standing("finetune", 70), share=0.2)]
     assert still_open(two_pilots, cap=0.5) is None  # equals: the cheaper wins a tie, no more training
 

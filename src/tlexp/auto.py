@@ -143,7 +143,7 @@ def still_open(finalists: list[Standing], cap: float) -> Standing | None:
         return None
     done = [s for s in finalists if s.share >= 1.0]
     pilot = next((s for s in finalists if s.share < cap), None)
-    if len(done) != 1 or pilot is None:
+    if len(done) != 1 or pilot is None or done[0].val_acc >= 1.0:  # a perfect probe cannot be beaten on val
         return None
     lead = pilot.val_acc - done[0].val_acc
     return None if lead > paired_noise(pilot, done[0]) else pilot
