@@ -18,17 +18,17 @@ from dataclasses import dataclass
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from . import auto
-from .build import build_datamodule, load_backbone, plain, preprocessing
+from .build import build_datamodule, load_backbone, plain, preprocessing, replaced
 from .cli import precheck
 from .data import TransferDataModule
 from .errors import ConfigError, WeightsUnavailable, exit_on_user_error
 from .evidence import FeatureEvidence, feature_evidence
 from .features import eval_features, extract
 from .pilots import select
-from .validate import validate_config
+from .validate import config_names, validate_config
 
 log = logging.getLogger(__name__)
 SPEED_IMAGES = 256  # val images timed through the backbone for its forward speed
@@ -46,7 +46,7 @@ def advise(cfg: DictConfig) -> auto.Decision:
     validate_config(cfg)
     strategy = plain(cfg.strategy)
     if not auto.is_auto(strategy):  # the candidates and budget come from conf/strategy/auto.yaml unless given
-        cfg = with_strategy(cfg, OmegaConf.load(auto.CONF / "strategy" / "auto.yaml"))
+        cfg = replaced(cfg, strategy=OmegaConf.load(auto.CONF / "strategy" / "auto.yaml"))
     model = None  # model=<best> in the printed command, when the ranking picked another than the user's
     ranking = rank_backbones(cfg, list(cfg.models)) if cfg.get("models") else []
     if ranking:
@@ -75,11 +75,8 @@ def choose(cfg: DictConfig) -> auto.Decision:
         print(f"\ndataset {cfg.dataset.name}: train {sizes['train']}, val {sizes['val']}, test {sizes['test']}")
         return auto.resolve(strategy, sizes["train"], data.num_classes)[1]
     with tempfile.TemporaryDirectory(prefix="tlexp-advise-") as tmp:
-        pilot_cfg = cfg.copy()
-        with open_dict(pilot_cfg):
-            pilot_cfg.output_dir = tmp
-            pilot_cfg.report.train_batch_preview = 0
-        decision = select(pilot_cfg).decision
+        report = {**plain(cfg.report), "train_batch_preview": 0}
+        decision = select(replaced(cfg, output_dir=tmp, report=report)).decision
     print_evidence(cfg, decision)
     return decision
 
@@ -146,19 +143,9 @@ def with_model(cfg: DictConfig, name: str) -> DictConfig:
         return cfg
     path = auto.CONF / "model" / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (auto.CONF / "model").glob("*.yaml")))
+        known = ", ".join(config_names("model"))
         raise ConfigError(f"models=[...]: '{name}' is not a model config; choose from {known}.")
-    out = cfg.copy()
-    with open_dict(out):
-        out.model = OmegaConf.load(path)
-    return out
-
-
-def with_strategy(cfg: DictConfig, strategy) -> DictConfig:
-    out = cfg.copy()
-    with open_dict(out):
-        out.strategy = strategy
-    return out
+    return replaced(cfg, model=OmegaConf.load(path))
 
 
 def train_command(strategy: str, model: str | None = None) -> str:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
+from .validate import config_names
 
 CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 CHOICES = ("feature_extraction", "gradual", "finetune")  # the size rule's three answers
@@ -188,8 +189,8 @@ def uses_pilots(strategy: dict) -> bool:
 def load_strategy(name: str) -> dict:
     path = CONF / "strategy" / f"{name}.yaml"
     if name == "auto" or not path.is_file():
-        known = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml") if p.stem != "auto")
-        raise ConfigError(f"strategy.candidates: '{name}' is not a strategy; choose from {', '.join(known)}.")
+        known = ", ".join(config_names("strategy", but="auto"))
+        raise ConfigError(f"strategy.candidates: '{name}' is not a strategy; choose from {known}.")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 

@@ -8,6 +8,7 @@ module and the Trainer, then decide the feature cache (it needs the world size, 
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from . import auto
@@ -67,6 +68,15 @@ class Run:
 
 def plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def replaced(cfg: DictConfig, **values) -> DictConfig:
+    """A deep copy of `cfg` with these top-level keys set (a candidate's strategy, a model, an output dir)."""
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        for key, value in values.items():
+            out[key] = value
+    return out
 
 
 def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:

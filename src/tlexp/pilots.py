@@ -15,7 +15,6 @@ touched by the winner's final test.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -24,12 +23,12 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from . import auto
 from .atomic import write_text
 from .auto import Decision, Standing
-from .build import Run, build_run, check_config, init_head, plain, start_output
+from .build import Run, build_run, check_config, init_head, plain, replaced, start_output
 from .errors import ConfigError
 from .evidence import FeatureEvidence, feature_evidence
 from .features import eval_features
@@ -100,12 +99,7 @@ class Pilot:
 
 def candidate_cfg(cfg: DictConfig, name: str, out: Path) -> DictConfig:
     """The run config of one candidate: the user's, with the candidate's strategy, in <out>/pilots/<name>."""
-    pilot = copy.deepcopy(cfg)
-    with open_dict(pilot):
-        pilot.strategy = auto.load_strategy(name)
-        pilot.output_dir = str(out / "pilots" / name)
-        pilot.resume = None
-    return pilot
+    return replaced(cfg, strategy=auto.load_strategy(name), output_dir=str(out / "pilots" / name), resume=None)
 
 
 def probe_standing(name: str, run: Run) -> tuple[Standing, FeatureEvidence]:

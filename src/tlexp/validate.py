@@ -134,8 +134,9 @@ NULL = Rule(lambda v: v is None, "null", None)
 AUTO = choice("auto")
 
 
-def _strategy_names() -> tuple[str, ...]:
-    return tuple(sorted(p.stem for p in (CONF / "strategy").glob("*.yaml")))
+def config_names(group: str, but: str | None = None) -> tuple[str, ...]:
+    """The configs of a group in conf/ (strategies, models), less `but`."""
+    return tuple(sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem != but))
 
 
 def _lightning_precisions() -> tuple:
@@ -271,8 +272,8 @@ def _rules() -> dict[str, Rule | _Lazy]:
         ),
         "strategy.budget": number(0, 1, example=0.1),
         "strategy.pilot_cap": number(0, 1, example=0.5, lo_open=True),
-        "models": names(["efficientnet_lite0", "resnet50"], _config_names("model")) | NULL,  # advise
-        "strategy.candidates": names(["feature_extraction", "lp_ft"], _config_names("strategy", but="auto")),
+        "models": names(["efficientnet_lite0", "resnet50"], config_names("model")) | NULL,  # advise
+        "strategy.candidates": names(["feature_extraction", "lp_ft"], config_names("strategy", but="auto")),
         "strategy.feature_extraction_below": integer(1, example=500),
         "strategy.finetune_above": integer(1, example=2000),
         # ---- dataset/*.yaml (data/sources.py, data/splits.py)
@@ -309,7 +310,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "trainer.limit_test_batches": BATCHES,
         # ---- inspect.yaml, compare.yaml
         "samples_per_class": integer(1, 64, example=8),
-        "strategies": names(["feature_extraction", "gradual"], _strategy_names()),
+        "strategies": names(["feature_extraction", "gradual"], config_names("strategy")),
         "seeds": names([0, 1, 2], item=integer(0, 2**32 - 1)),
         "sizes": names([10, 30, 100], item=integer(1)) | NULL,
         "size_unit": choice("per_class", "total"),
@@ -331,13 +332,6 @@ def _rules() -> dict[str, Rule | _Lazy]:
 
 
 _TABLE: dict[str, Rule | _Lazy] | None = None
-
-
-def _config_names(group: str, but: str | None = None) -> tuple[str, ...]:
-    """The configs of a group in conf/ (strategy=auto's candidates, advise's models=)."""
-    from .auto import CONF
-
-    return tuple(sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem != but))
 
 
 def rules() -> dict[str, Rule | _Lazy]:
