@@ -146,7 +146,7 @@ def markdown(summary: list[dict], failed: list[dict]) -> str:
 
 def size_rule_verdict(plain: list[dict], best: dict, pick: str) -> str:
     """What the playbook's size rule (strategy=auto with strategy.budget=0) would have picked here."""
-    rule = "the playbook's size rule (`strategy=auto strategy.budget=0`)"
+    rule = "The playbook's size rule (`strategy=auto strategy.budget=0`)"
     picked = next((s for s in plain if s["strategy"] == pick), None)
     if picked is None:
         return f"{rule} would pick **{pick}**, which this comparison did not run."
