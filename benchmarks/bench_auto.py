@@ -24,9 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from tlexp.auto import decide
+from omegaconf import OmegaConf
 
-CANDIDATES = ["feature_extraction", "lp_ft", "finetune", "gradual"]  # conf/strategy/auto.yaml's candidates
+from tlexp.auto import CONF, decide
+
+# The truth: what a one-seed `tlexp.compare` runs at its defaults (the user's alternative to trusting auto).
+TRUTH = list(OmegaConf.load(CONF / "compare.yaml").strategies)
 FINE_TUNING = {"lp_ft", "finetune", "gradual"}  # the target on auto's time over the winner's own run is for these
 COMMON = ["report.enabled=false", "trainer.enable_progress_bar=false"]
 
@@ -155,7 +158,7 @@ def main() -> None:
     rows = []
     for cell in names:
         for seed in args.seeds:
-            result = measure(work, cell, [*table[cell], *args.overrides], seed, CANDIDATES, args.part)
+            result = measure(work, cell, [*table[cell], *args.overrides], seed, TRUTH, args.part)
             rows.append(summarise(result))
     print(f"\nbench-auto on {os.uname().machine}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, "
           f"{time.perf_counter() - started:.0f} s (finished runs under {work} are read, not rerun)")  # fmt: skip

@@ -214,8 +214,11 @@ def test_auto_measures_pilots_and_the_winner_continues_from_its_pilot(tiny_cfg, 
     assert "strategy/auto/text_summary" in events.Reload().Tags()["tensors"]
 
 
+FOUR = "strategy.candidates=[feature_extraction,lp_ft,finetune,gradual]"
+
+
 def test_successive_halving_over_four_candidates(tiny_cfg):
-    metrics = train(tiny_cfg("strategy=auto", "epoch_scale=0.2"))  # lp_ft 2 epochs, finetune 6, gradual 2+2+2
+    metrics = train(tiny_cfg("strategy=auto", FOUR, "epoch_scale=0.2"))  # lp_ft 2 epochs, finetune 6, gradual 2+2+2
     rungs = metrics["auto"]["rungs"]
     assert [len(r) for r in rungs][:2] == [4, 2] and all(len(r) == 2 for r in rungs[2:])
     first = {s["strategy"]: s for s in rungs[0]}
@@ -247,7 +250,7 @@ def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
     overrides = ["dataset=synthetic", "model=test_resnet", f"model.weights={tiny_weights}", "epoch_scale=0.1",
                  "trainer.enable_progress_bar=false"]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "tlexp.advise", *overrides, "models=[test_resnet,resnet18]"],
+        [sys.executable, "-m", "tlexp.advise", *overrides, FOUR, "models=[test_resnet,resnet18]"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
