@@ -122,12 +122,12 @@ def test_report_only_on_an_empty_dir_is_a_clear_error(tmp_path):
 
 
 def test_compare_runs_the_sweep_and_writes_every_report_file(tmp_path, tiny_weights):
-    proc = subprocess.run(
-        [sys.executable, "-m", "tlexp.compare", f"dir={tmp_path}", "seeds=[0,1]", "sizes=[10,20]",
-         "strategies=[scratch,feature_extraction]", "model=test_resnet", f"model.weights={tiny_weights}",
-         "dataset=synthetic", "data.num_workers=0", "trainer.enable_progress_bar=false", "epoch_scale=0.05"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )  # fmt: skip
+    command = [
+        sys.executable, "-m", "tlexp.compare", f"dir={tmp_path}", "seeds=[0,1]", "sizes=[10,20]",
+        "strategies=[scratch,feature_extraction]", "model=test_resnet", f"model.weights={tiny_weights}",
+        "dataset=synthetic", "data.num_workers=0", "trainer.enable_progress_bar=false", "epoch_scale=0.05",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "=== run 8 of 8:" in proc.stdout
     for name in ("comparison.md", "comparison.csv", "comparison.json", "accuracy_vs_time.png",
@@ -136,3 +136,15 @@ def test_compare_runs_the_sweep_and_writes_every_report_file(tmp_path, tiny_weig
     summary = json.loads((tmp_path / "comparison.json").read_text())
     assert len(summary["runs"]) == 8 and not summary["failed"]
     assert {s["train_images"] for s in summary["summary"]} == {40, 80}
+
+    # the same command again: finished runs are read back, an interrupted one continues from its last.ckpt
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    written = {run: (run / "metrics.json").stat().st_mtime_ns for run in runs}
+    (runs[0] / "metrics.json").unlink()  # as if killed after its last checkpoint, before the end
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("read back, not trained again") == 7
+    assert again.stdout.count(f"interrupted in {runs[0]}: continuing from its last.ckpt") == 1
+    assert all((run / "metrics.json").stat().st_mtime_ns == written[run] for run in runs[1:])
+    assert json.loads((runs[0] / "metrics.json").read_text())["resumed"] is True
+    assert len(json.loads((tmp_path / "comparison.json").read_text())["runs"]) == 8

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from tlexp.errors import ConfigError, TrainingDiverged
 from tlexp.resume import check_resume_overrides
@@ -103,3 +104,25 @@ def test_nan_loss_stops_naming_epoch_step_phase_and_keeps_the_last_checkpoint(ti
     assert f"last good checkpoint is {last}" in message
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_a_sweep_run_again_in_place_reads_back_resumes_or_restarts(tmp_path):
+    from tlexp.resume import in_place
+
+    def run_dir(name: str, strategy: str, *files: str) -> DictConfig:
+        out = tmp_path / name
+        for f in ("config.yaml", *files):
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            (out / f).write_text(f"strategy: {{name: {strategy}}}\n" if f == "config.yaml" else "{}")
+        return OmegaConf.create({"output_dir": str(out), "resume": None})
+
+    new = OmegaConf.create({"output_dir": str(tmp_path / "new"), "resume": None})
+    assert in_place(new) == (new, None)
+    cfg, said = in_place(run_dir("done", "finetune", "metrics.json"))
+    assert cfg.resume == str(tmp_path / "done") and "read back" in said
+    cfg, said = in_place(run_dir("killed", "finetune", "checkpoints/last.ckpt"))
+    assert cfg.resume == str(tmp_path / "killed") and "continuing from its last.ckpt" in said
+    # an auto run's pilots would resume under another rung schedule: it starts again, its pilots cleared
+    cfg, said = in_place(run_dir("auto", "auto", "auto.json", "pilots/finetune/checkpoints/last.ckpt"))
+    assert cfg.resume is None and "starting it again" in said
+    assert not (tmp_path / "auto" / "pilots").exists() and not (tmp_path / "auto" / "auto.json").exists()

@@ -8,8 +8,10 @@ so that an end-of-epoch resume draws the same shuffles, crops and dropout masks 
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+import shutil
 import sys
 import zipfile
 from datetime import datetime
@@ -45,6 +47,32 @@ def finished_message(run: Path) -> str | None:
         f"run {run} is finished ({METRICS} written {written}); nothing to resume, nothing changed. "
         "To train again, start a new run (without resume=)."
     )
+
+
+def in_place(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+    """A sweep launched again into the same directories (`tlexp.compare dir=<same dir>`): what to do with this
+    run's directory. A run that wrote its config before is resumed (a finished one is read back, an interrupted
+    one continues from its last.ckpt); an interrupted strategy=auto run starts again, its pilots cleared (they
+    are short, and a pilot resumed under a new rung schedule would not match it). Returns the config to train
+    and a line saying what happened, or None for a new run."""
+    out = Path(str(cfg.output_dir))
+    if not (out / RUN_CONFIG).is_file():
+        return cfg, None
+    if (out / METRICS).is_file():
+        return _with_resume(cfg, out), f"finished before in {out}: read back, not trained again"
+    if OmegaConf.select(OmegaConf.load(out / RUN_CONFIG), "strategy.name") == "auto":
+        shutil.rmtree(out / "pilots", ignore_errors=True)
+        (out / "auto.json").unlink(missing_ok=True)
+        return cfg, f"strategy=auto stopped before its end in {out}: starting it again"
+    if (out / "checkpoints" / LAST).is_file():
+        return _with_resume(cfg, out), f"interrupted in {out}: continuing from its last.ckpt"
+    return cfg, f"stopped before its first checkpoint in {out}: starting it again"
+
+
+def _with_resume(cfg: DictConfig, run: Path) -> DictConfig:
+    again = copy.deepcopy(cfg)
+    again.resume = str(run)
+    return again
 
 
 def finished_run(resume) -> dict | None:

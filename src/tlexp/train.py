@@ -27,7 +27,7 @@ from .lr_find import find_lr
 from .pilots import select
 from .progress import quiet_lightning
 from .record import Outcome, record
-from .resume import check_resume_argv, check_resume_overrides, finished_run
+from .resume import check_resume_argv, check_resume_overrides, finished_run, in_place
 
 log = logging.getLogger("tlexp")
 
@@ -123,6 +123,9 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
     total = os.environ.get("TLEXP_SWEEP_TOTAL")
     print(f"\n=== run {job.num + 1}{f' of {total}' if total else ''}: {job.override_dirname} ===", flush=True)
     try:
+        cfg, again = in_place(cfg)
+        if again:
+            print(f"this run {again}", flush=True)
         return objective(cfg, train(cfg))
     except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, not raised
         out = Path(cfg.output_dir)
