@@ -63,8 +63,12 @@ def test_advise_with_budget_zero_prints_the_size_rule_without_training():
     assert f"run it: {command}" in proc.stdout
 
 
-def _fake_run(root: Path, name: str, strategy: str, seed: int, acc: float | None, train_images: int = 1000):
+def _fake_run(
+    root: Path, name: str, strategy: str, seed: int, acc: float | None, train_images: int = 1000, **more
+):  # fmt: skip
+    """A finished run's files; `more` goes into metrics.json (auto's pick as `picked`, feature_cache, ...)."""
     run = root / name
+    picked = more.pop("picked", strategy)
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(f"strategy:\n  name: {strategy}\nseed: {seed}\n")
     if acc is None:
@@ -72,10 +76,10 @@ def _fake_run(root: Path, name: str, strategy: str, seed: int, acc: float | None
     phases = [{"name": "a", "epochs": 2}, {"name": "b", "epochs": 2}]
     history = [{"epoch": e, "phase": e // 2, "val/acc": acc - 0.1 + 0.02 * e} for e in range(4)]
     metrics = {
-        "strategy": strategy, "seed": seed, "dataset_sizes": {"train": train_images, "val": 100, "test": 500},
+        "strategy": picked, "seed": seed, "dataset_sizes": {"train": train_images, "val": 100, "test": 500},
         "num_classes": 10, "test": {"acc": acc, "f1": acc - 0.01}, "fit_seconds": 60.0 * (seed + 1),
         "test_seconds": 5.0, "trainable_params": 1000, "total_params": 5000, "epochs": 4, "best_epoch": 3,
-        "best_val_acc": acc, "phases": phases, "history": history,
+        "best_val_acc": acc, "phases": phases, "history": history, "dataset": "fashion_mnist", **more,
     }  # fmt: skip
     (run / "metrics.json").write_text(json.dumps(metrics))
 
@@ -84,21 +88,29 @@ def test_report_aggregates_seeds_and_lists_failed_runs(tmp_path):
     runs = tmp_path / "runs"
     _fake_run(runs, "0_gradual_m", "gradual", 0, 0.80)
     _fake_run(runs, "1_gradual_m", "gradual", 1, 0.84)
-    _fake_run(runs, "2_feature_extraction_m", "feature_extraction", 0, 0.86)
+    cold = {"loaded": [], "computed": ["train/eval", "val/eval", "test/eval"]}
+    _fake_run(runs, "2_feature_extraction_m", "feature_extraction", 0, 0.86, feature_cache=cold)
+    _fake_run(runs, "5_auto_m", "auto", 0, 0.85, picked="finetune", machine="x86_64, 2 CPU cores, 1 threads")
     _fake_run(runs, "3_scratch_m", "scratch", 0, None)
     (runs / "3_scratch_m" / "error.json").write_text(json.dumps({"error": "out of memory"}))
     _fake_run(runs, "4_finetune_m", "finetune", 0, None)  # killed: neither metrics nor error
     report = write_report(runs, tmp_path)
     text = (tmp_path / "comparison.md").read_text()
-    assert "| gradual | 90 s | 82.0% ± 2.8 | 0.810 | 1,000 of 5,000 | 4 | 3 | 2 |" in text
+    assert "### fashion_mnist: 1000 training images, 10 classes" in text
+    assert "| gradual | 90 s | 82.0% ± 2.8 | 0.810 ± 0.028 | 1,000 of 5,000 | 4 | 3 | 2 |" in text
+    assert "| feature_extraction | 60 s (cold cache) | 86.0% | 0.850 |" in text
+    assert "| auto (picked finetune x1) | 60 s | 85.0% | 0.840 |" in text
+    assert "`auto`, choosing on val by probe and pilots, has a regret of 1.0 points against the best " in text
+    assert "Runs made on: x86_64, 2 CPU cores, 1 threads." in text and "This cell: 4 runs, 5.0 min of fit" in text
     assert "size rule (`strategy=auto strategy.budget=0`) would pick **gradual**; the best here was " in text
     assert "**feature_extraction** (4.0 points" in text
     assert "| 3_scratch_m | scratch | 0 | out of memory |" in text
     assert "| 4_finetune_m | finetune | 0 | no metrics.json" in text
     rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))
-    assert [r["run"] for r in rows] == ["0_gradual_m", "1_gradual_m", "2_feature_extraction_m"]
+    assert [r["run"] for r in rows] == ["0_gradual_m", "1_gradual_m", "2_feature_extraction_m", "5_auto_m"]
+    assert [r["cache"] for r in rows] == ["", "", "cold", ""] and rows[3]["picked"] == "finetune"
     saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert len(saved["failed"]) == 2 and len(saved["summary"]) == 2
+    assert len(saved["failed"]) == 2 and len(saved["summary"]) == 3
     assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 1000
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     assert not (tmp_path / "accuracy_vs_size.png").exists() and len(report["plots"]) == 2
@@ -110,7 +122,7 @@ def test_report_with_sizes_plots_the_crossover(tmp_path):
     write_report(tmp_path / "runs", tmp_path)
     assert (tmp_path / "accuracy_vs_size.png").stat().st_size > 1000
     text = (tmp_path / "comparison.md").read_text()
-    assert "### 100 training images" in text and "### 3000 training images" in text
+    assert "### fashion_mnist: 100 training images" in text and "### fashion_mnist: 3000 training images" in text
 
 
 def test_report_only_on_an_empty_dir_is_a_clear_error(tmp_path):

@@ -1,4 +1,4 @@
-"""The comparison plots (matplotlib, no display needed)."""
+"""The comparison plots (matplotlib, no display needed): one panel per dataset x training-set size."""
 
 from __future__ import annotations
 
@@ -9,28 +9,56 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 
-COLOURS = {"scratch": "tab:red", "feature_extraction": "tab:blue", "finetune": "tab:green", "gradual": "tab:purple"}
+COLOURS = {
+    "scratch": "tab:red", "feature_extraction": "tab:blue", "finetune": "tab:green", "gradual": "tab:purple",
+    "lp_ft": "tab:orange", "auto": "black",
+}  # fmt: skip
 
 
 def _colour(strategy: str) -> str:
-    return COLOURS.get(strategy.split(" ")[0] if not strategy.startswith("auto") else strategy, "tab:gray")
+    return COLOURS.get(strategy, "tab:gray")
 
 
-def _sizes(rows) -> list[int]:
-    return sorted({r["train_images"] for r in rows})
+def _style(strategy: str) -> dict:
+    """auto continues one of the others, so it often lies on top of it: drawn dotted, with crosses, to show."""
+    dotted = {"linestyle": ":", "marker": "x", "markersize": 7} if strategy == "auto" else {}
+    return {"color": _colour(strategy), **dotted}
+
+
+def _cells(rows) -> list[tuple[str, int]]:
+    return sorted({(r.get("dataset", ""), r["train_images"]) for r in rows})
+
+
+def _title(cell: tuple[str, int]) -> str:
+    dataset, size = cell
+    return f"{dataset + ', ' if dataset else ''}{size} training images"
+
+
+def _in(rows, cell, strategy) -> list[dict]:
+    return [r for r in rows if (r.get("dataset", ""), r["train_images"]) == cell and r["strategy"] == strategy]
 
 
 def _axes(n: int, width: float = 5.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, 4), squeeze=False)
-    return fig, axes[0]
+    columns = min(n, 3)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns + 2.2, 4 * rows), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
 
 
-def _save(fig, legend_ax, path: Path) -> Path:
-    legend_ax.legend(fontsize=8)
-    fig.tight_layout()
+def _save(fig, path: Path) -> Path:
+    """One legend for the whole figure, outside the panels, so that it never covers data."""
+    handles = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -38,34 +66,36 @@ def _save(fig, legend_ax, path: Path) -> Path:
 
 
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
-    """Test accuracy against training wall time: one point per run, one colour per strategy."""
+    """Test accuracy against fit time: one point per run, one colour per strategy, one panel per cell."""
     if not rows:
         return None
-    sizes = _sizes(rows)
-    fig, axes = _axes(len(sizes))
-    for ax, size in zip(axes, sizes, strict=True):
+    cells = _cells(rows)
+    fig, axes = _axes(len(cells))
+    for ax, cell in zip(axes, cells, strict=True):
         for strategy in sorted({r["strategy"] for r in rows}):
-            rs = [r for r in rows if r["strategy"] == strategy and r["train_images"] == size]
+            rs = _in(rows, cell, strategy)
             if rs:
                 ax.scatter([r["fit_seconds"] / 60 for r in rs], [100 * r["test_acc"] for r in rs],
                            label=strategy, color=_colour(strategy), s=40, alpha=0.8)  # fmt: skip
-        ax.set(xlabel="training wall time (min)", ylabel="test accuracy (%)", title=f"{size} training images")
+        ax.set(xlabel="fit time (min)", ylabel="test accuracy (%)", title=_title(cell))
         ax.grid(alpha=0.3)
-    return _save(fig, axes[0], path)
+    return _save(fig, path)
 
 
 def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
-    """Validation accuracy per epoch (mean over seeds), phase boundaries as dashed lines."""
+    """Validation accuracy per epoch (the mean over a cell's runs, said in the legend), phase changes dashed."""
     rows = [r for r in rows if r.get("history")]
     if not rows:
         return None
-    sizes = _sizes(rows)
-    fig, axes = _axes(len(sizes), width=6.0)
-    for ax, size in zip(axes, sizes, strict=True):
+    cells = _cells(rows)
+    fig, axes = _axes(len(cells), width=6.0)
+    for ax, cell in zip(axes, cells, strict=True):
+        most = 1
         for strategy in sorted({r["strategy"] for r in rows}):
-            rs = [r for r in rows if r["strategy"] == strategy and r["train_images"] == size]
+            rs = _in(rows, cell, strategy)
             if not rs:
                 continue
+            most = max(most, len(rs))
             per_epoch = defaultdict(list)
             for r in rs:
                 for h in r["history"]:
@@ -73,28 +103,42 @@ def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
                         per_epoch[h["epoch"]].append(h["val/acc"])
             epochs = sorted(per_epoch)
             ax.plot([e + 1 for e in epochs], [100 * sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs],
-                    label=strategy, color=_colour(strategy))  # fmt: skip
+                    label=strategy, **_style(strategy))  # fmt: skip
             boundary = 0
             for n in rs[0]["phase_epochs"][:-1]:
                 boundary += n
                 ax.axvline(boundary + 0.5, color=_colour(strategy), linestyle="--", alpha=0.5)
-        ax.set(xlabel="epoch", ylabel="val accuracy (%)", title=f"{size} training images (dashed: phase change)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        mean = f"mean of up to {most} runs per line, " if most > 1 else ""
+        ax.set(xlabel="epoch", ylabel="val accuracy (%)", title=f"{_title(cell)}\n({mean}dashed: phase change)")
         ax.grid(alpha=0.3)
-    return _save(fig, axes[0], path)
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_size(summary: list[dict], path: Path, thresholds=(500, 2000)) -> Path | None:
-    """Test accuracy against training-set size per strategy, with the size rule's thresholds marked."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for strategy in sorted({s["strategy"] for s in summary}):
-        ss = sorted((s for s in summary if s["strategy"] == strategy), key=lambda s: s["train_images"])
-        ax.errorbar([s["train_images"] for s in ss], [100 * s["test_acc_mean"] for s in ss],
-                    yerr=[100 * s["test_acc_std"] for s in ss], marker="o", capsize=3,
-                    label=strategy, color=_colour(strategy))  # fmt: skip
-    for t in thresholds:
-        ax.axvline(t, color="gray", linestyle=":")
-        ax.text(t, ax.get_ylim()[0], f" size rule: {t}", color="gray", fontsize=8, va="bottom")
-    ax.set_xscale("log")
-    ax.set(xlabel="training images", ylabel="test accuracy (%)", title="Where the strategies cross over")
-    ax.grid(alpha=0.3, which="both")
-    return _save(fig, ax, path)
+    """Test accuracy against training-set size per strategy (datasets with several sizes), the size rule's
+    thresholds dotted, auto's picks written beside its points."""
+    datasets = sorted({s["dataset"] for s in summary if len({t["train_images"] for t in summary
+                                                              if t["dataset"] == s["dataset"]}) > 1})  # fmt: skip
+    if not datasets:
+        return None
+    fig, axes = _axes(len(datasets), width=6.5)
+    for ax, dataset in zip(axes, datasets, strict=True):
+        here = [s for s in summary if s["dataset"] == dataset]
+        for strategy in sorted({s["strategy"] for s in here}):
+            ss = sorted((s for s in here if s["strategy"] == strategy), key=lambda s: s["train_images"])
+            ax.errorbar([s["train_images"] for s in ss], [100 * s["test_acc_mean"] for s in ss],
+                        yerr=[100 * s["test_acc_std"] for s in ss], capsize=3,
+                        label=strategy, **{"marker": "o", **_style(strategy)})  # fmt: skip
+            for s in ss:
+                if s.get("picked"):
+                    picks = ", ".join(f"{name} x{n}" for name, n in s["picked"].items())
+                    ax.annotate(f"auto: {picks}", (s["train_images"], 100 * s["test_acc_mean"]), fontsize=7,
+                                xytext=(4, -12), textcoords="offset points")  # fmt: skip
+        for t in thresholds:
+            ax.axvline(t, color="gray", linestyle=":")
+            ax.text(t, ax.get_ylim()[0], f" size rule: {t}", color="gray", fontsize=8, va="bottom")
+        ax.set_xscale("log")
+        ax.set(xlabel="training images", ylabel="test accuracy (%)", title=f"{dataset}: where the strategies cross")
+        ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from .accel import precision_ran
 from .atomic import write_text
@@ -25,6 +29,13 @@ class Outcome:
     probe: dict | None
     head_init: dict | None = None  # head_init: probe: the probe the head started from
     lr_find: dict | None = None  # lr_find=true: the range test's suggestion (not applied)
+
+
+def machine(trainer) -> str:
+    """Where the fit time was measured: the CPU (and GPU), and the torch threads the run used."""
+    device = trainer.strategy.root_device
+    gpu = [torch.cuda.get_device_name(device)] if device.type == "cuda" else []
+    return ", ".join([platform.machine(), f"{os.cpu_count()} CPU cores", *gpu, f"{torch.get_num_threads()} threads"])
 
 
 def metrics_of(run: Run, outcome: Outcome) -> dict:
@@ -53,6 +64,7 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "best_val_acc": float(best_score) if best_score is not None else None,
         # strategy=auto: choosing (probe, pilots) is part of what the run cost
         "fit_seconds": round(outcome.fit_seconds + (run.decision.seconds if run.decision else 0.0), 2),
+        "machine": machine(run.trainer),
         "test_seconds": round(outcome.test_seconds, 2),
         "trainable_params": max(module.trainable_parameters(p.train) for p in phases),
         "trainable_params_per_phase": [module.trainable_parameters(p.train) for p in phases],

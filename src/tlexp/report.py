@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -15,10 +15,10 @@ from .auto import decide
 from .errors import ConfigError
 
 COLUMNS = [
-    "run", "strategy", "seed", "train_images", "test_acc", "test_f1", "fit_seconds", "test_seconds",
-    "trainable_params", "total_params", "epochs", "best_epoch", "best_val_acc",
+    "run", "dataset", "strategy", "picked", "seed", "train_images", "test_acc", "test_f1", "fit_seconds", "cache",
+    "test_seconds", "trainable_params", "total_params", "epochs", "best_epoch", "best_val_acc", "machine",
 ]  # fmt: skip
-ORDER = ["scratch", "feature_extraction", "finetune", "gradual"]
+ORDER = ["scratch", "feature_extraction", "finetune", "gradual", "lp_ft", "auto"]
 
 
 def collect(root: Path) -> tuple[list[dict], list[dict]]:
@@ -27,23 +27,27 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
     configs = sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural(p.parent.parent.name))
     for config in configs:
         run = config.parent.parent
+        name = run.relative_to(root).as_posix()  # unique also where runs sit in folders of their own
         cfg = OmegaConf.load(config)
         strategy = str(OmegaConf.select(cfg, "strategy.name", default="?"))
         seed = OmegaConf.select(cfg, "seed", default=None)
         metrics_file, error_file = run / "metrics.json", run / "error.json"
         if metrics_file.is_file():
             m = json.loads(metrics_file.read_text())
-            chosen = m["strategy"] if strategy != "auto" else f"auto ({m['strategy']})"
             rows.append(
                 {
-                    "run": run.name,
-                    "strategy": chosen,
+                    "run": name,
+                    "dataset": dataset_label(cfg, m),
+                    "strategy": strategy if strategy == "auto" else m["strategy"],
+                    "picked": m["strategy"] if strategy == "auto" else None,  # auto's choice
                     "seed": m.get("seed", seed),
                     "train_images": m["dataset_sizes"]["train"],
                     "num_classes": m.get("num_classes"),
                     "test_acc": m["test"].get("acc"),
                     "test_f1": m["test"].get("f1"),
                     "fit_seconds": m["fit_seconds"],
+                    "cache": cache_state(m.get("feature_cache")),
+                    "machine": m.get("machine"),
                     "test_seconds": m.get("test_seconds"),
                     "trainable_params": m["trainable_params"],
                     "total_params": m["total_params"],
@@ -60,8 +64,22 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
                 if error_file.is_file()
                 else "no metrics.json: the run crashed, was killed, or is still running"
             )
-            failed.append({"run": run.name, "strategy": strategy, "seed": seed, "error": reason.splitlines()[0][:300]})
+            failed.append({"run": name, "strategy": strategy, "seed": seed, "error": reason.splitlines()[0][:300]})
     return rows, failed
+
+
+def dataset_label(cfg, metrics: dict) -> str:
+    """The data a run used: the dataset config's name, or for a folder of images the folder's name."""
+    name = str(metrics.get("dataset") or OmegaConf.select(cfg, "dataset.name", default="?"))
+    root = OmegaConf.select(cfg, "dataset.root", default=None)
+    return Path(str(root)).name if name in ("imagefolder", "csv") and root else name
+
+
+def cache_state(cache: dict | None) -> str | None:
+    """'cold' when the run computed its train features, 'warm' when it loaded them; None without a cache."""
+    if not cache:
+        return None
+    return "warm" if any(split.startswith("train") for split in cache.get("loaded", [])) else "cold"
 
 
 def _natural(name: str) -> tuple:
@@ -77,18 +95,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and spread over seeds for each (training-set size, strategy)."""
+    """Mean and spread over seeds for each (dataset, training-set size, strategy)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["train_images"], r["strategy"])].append(r)
+        groups[(r.get("dataset", ""), r["train_images"], r["strategy"])].append(r)
     summary = []
-    for (size, strategy), rs in groups.items():
+    for (dataset, size, strategy), rs in groups.items():
         acc, acc_sd = _mean_std([r["test_acc"] for r in rs])
-        f1, _ = _mean_std([r["test_f1"] for r in rs])
-        fit, _ = _mean_std([r["fit_seconds"] for r in rs])
-        best, _ = _mean_std([r["best_epoch"] for r in rs])
+        f1, f1_sd = _mean_std([r["test_f1"] for r in rs])
         summary.append(
             {
+                "dataset": dataset,
                 "train_images": size,
                 "num_classes": rs[0].get("num_classes"),
                 "strategy": strategy,
@@ -96,52 +113,91 @@ def aggregate(rows: list[dict]) -> list[dict]:
                 "test_acc_mean": acc,
                 "test_acc_std": acc_sd,
                 "test_f1_mean": f1,
-                "fit_seconds_mean": fit,
+                "test_f1_std": f1_sd,
+                "fit_seconds_mean": _mean_std([r["fit_seconds"] for r in rs])[0],
+                "fit_seconds_by_cache": {
+                    state: _mean_std([r["fit_seconds"] for r in rs if r.get("cache") == state])[0]
+                    for state in ("cold", "warm")
+                    if any(r.get("cache") == state for r in rs)
+                },
+                "picked": dict(Counter(r["picked"] for r in rs if r.get("picked"))),
                 "trainable_params": rs[0]["trainable_params"],
                 "total_params": rs[0]["total_params"],
                 "epochs": rs[0]["epochs"],
-                "best_epoch_mean": best,
+                "best_epoch_mean": _mean_std([r["best_epoch"] for r in rs])[0],
+                "best_val_acc_mean": _mean_std([r.get("best_val_acc") for r in rs])[0],
+                "fit_seconds_total": sum(r["fit_seconds"] for r in rs),
             }
         )
     rank = {s: i for i, s in enumerate(ORDER)}
-    return sorted(summary, key=lambda s: (s["train_images"], rank.get(s["strategy"], 99), s["strategy"]))
+    return sorted(summary, key=lambda s: (s["dataset"], s["train_images"], rank.get(s["strategy"], 99), s["strategy"]))
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
+def _fit_time(s: dict) -> str:
+    by_cache = s["fit_seconds_by_cache"]
+    if not by_cache:
+        return _duration(s["fit_seconds_mean"])
+    return ", ".join(f"{_duration(seconds)} ({state} cache)" for state, seconds in by_cache.items())
+
+
+def _approach(s: dict) -> str:
+    if not s["picked"]:
+        return s["strategy"]
+    picks = ", ".join(f"{name} x{n}" for name, n in sorted(s["picked"].items(), key=lambda kv: -kv[1]))
+    return f"{s['strategy']} (picked {picks})"
+
+
 def markdown(summary: list[dict], failed: list[dict]) -> str:
     lines = []
-    for size in sorted({s["train_images"] for s in summary}):
-        here = [s for s in summary if s["train_images"] == size]
-        classes = here[0].get("num_classes") or 0
-        lines += [
-            f"### {size} training images" + (f", {classes} classes" if classes else ""),
-            "",
-            "| approach | training wall time | test accuracy | macro F1 | trainable params | epochs "
-            "| best epoch | runs |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for s in here:
-            lines.append(
-                f"| {s['strategy']} | {_duration(s['fit_seconds_mean'])} | {100 * s['test_acc_mean']:.1f}% "
-                f"± {100 * s['test_acc_std']:.1f} | {s['test_f1_mean']:.3f} | {s['trainable_params']:,} "
-                f"of {s['total_params']:,} | {s['epochs']} | {s['best_epoch_mean']:.0f} | {s['runs']} |"
-            )
-        plain = [s for s in here if not s["strategy"].startswith("auto")]
-        if plain and classes:
-            best = max(plain, key=lambda s: s["test_acc_mean"])
-            lines += ["", size_rule_verdict(plain, best, decide(size, classes).strategy)]
-            for a in (s for s in here if s["strategy"].startswith("auto")):
-                gap = 100 * (best["test_acc_mean"] - a["test_acc_mean"])
-                lines.append(f"`{a['strategy']}`, chosen on val by probe and pilots: {gap:.1f} points below the best.")
-        lines.append("")
+    for dataset, size in sorted({(s["dataset"], s["train_images"]) for s in summary}):
+        lines += cell_markdown([s for s in summary if (s["dataset"], s["train_images"]) == (dataset, size)])
     if failed:
         lines += ["### Runs that did not finish", "", "| run | strategy | seed | error |", "|---|---|---|---|"]
         lines += [f"| {f['run']} | {f['strategy']} | {f['seed']} | {f['error']} |" for f in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def cell_markdown(here: list[dict]) -> list[str]:
+    """One dataset x size: the table, what the size rule and auto made of it, and what the cell cost."""
+    dataset, size, classes = here[0]["dataset"], here[0]["train_images"], here[0].get("num_classes") or 0
+    title = f"{dataset}: " if dataset else ""
+    lines = [
+        f"### {title}{size} training images" + (f", {classes} classes" if classes else ""),
+        "",
+        "| approach | fit time | test accuracy | macro F1 | trainable params | epochs | best epoch | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in here:
+        acc = _spread(s, "test_acc", "{:.1%}", "{:.1f}", 100)
+        lines.append(
+            f"| {_approach(s)} | {_fit_time(s)} | {acc} | {_spread(s, 'test_f1', '{:.3f}', '{:.3f}')} "
+            f"| {s['trainable_params']:,} of {s['total_params']:,} | {s['epochs']} | {s['best_epoch_mean']:.0f} "
+            f"| {s['runs']} |"
+        )
+    plain = [s for s in here if s["strategy"] != "auto"]
+    if plain and classes:
+        best = max(plain, key=lambda s: s["test_acc_mean"])
+        lines += ["", size_rule_verdict(plain, best, decide(size, classes).strategy)]
+        for a in (s for s in here if s["strategy"] == "auto"):
+            gap = 100 * (best["test_acc_mean"] - a["test_acc_mean"])
+            times = a["fit_seconds_mean"] / best["fit_seconds_mean"]
+            lines.append(
+                f"`auto`, choosing on val by probe and pilots, has a regret of {gap:.1f} points against the best "
+                f"({best['strategy']}), at {times:.2f}x its fit time."
+            )
+    runs, total = sum(s["runs"] for s in here), sum(s["fit_seconds_total"] for s in here)
+    return [*lines, "", f"This cell: {runs} run{'s' * (runs > 1)}, {_duration(total)} of fit time.", ""]
+
+
+def _spread(s: dict, key: str, mean_format: str, std_format: str, scale: float = 1.0) -> str:
+    """mean ± std over a cell's runs; the mean alone for a single run (one run has no spread to show)."""
+    mean = mean_format.format(s[f"{key}_mean"])
+    return mean if s["runs"] < 2 else f"{mean} ± {std_format.format(scale * s[f'{key}_std'])}"
 
 
 def size_rule_verdict(plain: list[dict], best: dict, pick: str) -> str:
@@ -165,7 +221,9 @@ def write_report(root: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = aggregate(rows)
     text = markdown(summary, failed)
-    write_text(out / "comparison.md", "# Strategy comparison\n\n" + text)
+    machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    head = f"Runs made on: {'; '.join(machines)}.\n\n" if machines else ""
+    write_text(out / "comparison.md", "# Strategy comparison\n\n" + head + text)
     with atomic_open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -176,6 +234,5 @@ def write_report(root: Path, out: Path) -> dict:
 
     plots = [plot_accuracy_vs_time(rows, out / "accuracy_vs_time.png")]
     plots.append(plot_learning_curves(rows, out / "learning_curves.png"))
-    if len({r["train_images"] for r in rows}) > 1:
-        plots.append(plot_accuracy_vs_size(summary, out / "accuracy_vs_size.png"))
+    plots.append(plot_accuracy_vs_size(summary, out / "accuracy_vs_size.png"))
     return {"markdown": text, "rows": rows, "summary": summary, "failed": failed, "plots": [p for p in plots if p]}
