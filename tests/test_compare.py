@@ -104,6 +104,7 @@ def test_report_aggregates_seeds_and_lists_failed_runs(tmp_path):
     assert "Runs made on: x86_64, 2 CPU cores, 1 threads." in text and "This cell: 4 runs, 5.0 min of fit" in text
     assert "size rule (`strategy=auto strategy.budget=0`) would pick **gradual**; the best here was " in text
     assert "**feature_extraction** (4.0 points" in text
+    assert "Not above feature_extraction (a head on the frozen backbone) here: gradual." in text
     assert "| 3_scratch_m | scratch | 0 | out of memory |" in text
     assert "| 4_finetune_m | finetune | 0 | no metrics.json" in text
     rows = list(csv.DictReader(open(tmp_path / "comparison.csv")))

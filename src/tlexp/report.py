@@ -183,6 +183,7 @@ def cell_markdown(here: list[dict]) -> list[str]:
     if plain and classes:
         best = max(plain, key=lambda s: s["test_acc_mean"])
         lines += ["", size_rule_verdict(plain, best, decide(size, classes).strategy)]
+        lines += below_feature_extraction(plain)
         for a in (s for s in here if s["strategy"] == "auto"):
             gap = 100 * (best["test_acc_mean"] - a["test_acc_mean"])
             times = a["fit_seconds_mean"] / best["fit_seconds_mean"]
@@ -198,6 +199,18 @@ def _spread(s: dict, key: str, mean_format: str, std_format: str, scale: float =
     """mean ± std over a cell's runs; the mean alone for a single run (one run has no spread to show)."""
     mean = mean_format.format(s[f"{key}_mean"])
     return mean if s["runs"] < 2 else f"{mean} ± {std_format.format(scale * s[f'{key}_std'])}"
+
+
+def below_feature_extraction(plain: list[dict]) -> list[str]:
+    """The fine-tuning strategies that did not beat the frozen backbone's head: their time bought nothing here."""
+    frozen = next((s for s in plain if s["strategy"] == "feature_extraction"), None)
+    if frozen is None:
+        return []
+    below = [s["strategy"] for s in plain if s["strategy"] not in ("feature_extraction", "scratch")
+             and s["test_acc_mean"] <= frozen["test_acc_mean"]]  # fmt: skip
+    if not below:
+        return []
+    return [f"Not above feature_extraction (a head on the frozen backbone) here: {', '.join(below)}."]
 
 
 def size_rule_verdict(plain: list[dict], best: dict, pick: str) -> str:
