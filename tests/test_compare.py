@@ -97,7 +97,7 @@ def test_report_aggregates_seeds_and_lists_failed_runs(tmp_path):
     report = write_report(runs, tmp_path)
     text = (tmp_path / "comparison.md").read_text()
     assert "### fashion_mnist: 1000 training images, 10 classes" in text
-    assert "| gradual | 90 s | 82.0% ± 2.8 | 0.810 ± 0.028 | 1,000 of 5,000 | 4 | 3 | 2 |" in text
+    assert "| gradual | 90 s | 82.0% ± 2.8 | 0.810 ± 0.028 | 1,000 of 5,000 | 4 | 3 | 2 | 90-93% |" in text
     assert "| feature_extraction | 60 s (cold cache) | 86.0% | 0.850 |" in text
     assert "| auto (picked finetune x1) | 60 s | 85.0% | 0.840 |" in text
     assert "`auto`, choosing on val by probe and pilots, has a regret of 1.0 points against the best " in text
