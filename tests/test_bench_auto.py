@@ -16,9 +16,25 @@ def test_bench_auto_quick_cell_prints_regret_and_cost_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads((tmp_path / "bench_auto.json").read_text())
     assert len(rows) == 1 and rows[0]["auto_pick"] in rows[0]["ranking"]
-    assert set(rows[0]["ranking"]) == {"feature_extraction", "lp_ft", "finetune", "gradual"}
+    assert set(rows[0]["ranking"]) == {"scratch", "feature_extraction", "lp_ft", "finetune", "gradual"}
     assert isinstance(rows[0]["regret"], float) and rows[0]["cost"] > 0  # regret < 0: auto's own run scored higher
     assert "worst regret" in first.stdout and "mean cost" in first.stdout
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "--- " not in again.stdout  # every run read back, none rerun
     assert json.loads((tmp_path / "bench_auto.json").read_text()) == rows
+
+
+def test_early_stop_simulation_cuts_each_curve_after_patience_epochs_without_a_new_best(tmp_path):
+    curves = {"a": [0.5, 0.6, 0.55, 0.58, 0.6, 0.7], "b": [0.5, 0.6, 0.7, 0.8]}  # a stops after 5 of 6 epochs
+    for cell, curve in curves.items():
+        run = tmp_path / cell / "finetune"
+        run.mkdir(parents=True)
+        history = [{"epoch": e, "val/acc": v} for e, v in enumerate(curve)]
+        (run / "metrics.json").write_text(json.dumps({"history": history}))
+    command = [sys.executable, "benchmarks/early_stop_sim.py", "--dir", str(tmp_path), "--strategies", "finetune",
+               "--patience", "3"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # a: 1/6 of its epochs saved, 10 points of best val given up; b: nothing saved, nothing given up
+    expected = "patience 3: 2 runs, epochs saved 8% (0-17%), best val given up 5.00 points mean, 10.00 worst"
+    assert f"finetune   {expected}" in done.stdout
