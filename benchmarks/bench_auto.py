@@ -1,11 +1,12 @@
 """`make bench-auto`: does `strategy=auto` pick well, and what does picking cost? Regret and cost per cell.
 
 For every cell (a dataset at a training-set size, one seed):
-- the truth: every candidate strategy at its full default schedule, one `python -m tlexp.train` run each;
+- the truth: every strategy a default `tlexp.compare` runs (conf/compare.yaml: scratch, feature_extraction,
+  finetune, gradual, lp_ft), each at its full default schedule, one `python -m tlexp.train` run each;
 - `strategy=auto` on the same split, with a feature cache of its own (cold: it pays its own feature pass).
-Regret = the best candidate's test accuracy minus auto's. Cost = auto's fit time (probe + pilots + the rest of
-the winner's run) over the candidates' fit times added up (what a one-seed `tlexp.compare` of them costs, the
-user's alternative to trusting auto). `x winner` = auto's fit time over the fit time of the strategy it picked.
+Regret = the best strategy's test accuracy minus auto's. Cost = auto's fit time (probe + pilots + the rest of
+the winner's run) over the truth runs' fit times added up (what a one-seed `tlexp.compare` costs, the user's
+alternative to trusting auto). `x winner` = auto's fit time over the fit time of the strategy it picked.
 Every run has its own dir under `--dir`; a finished one (metrics.json) is read, not rerun, so an interrupted
 bench continues where it stopped. The table goes to the console and `<dir>/bench_auto.json`.
 
