@@ -56,9 +56,36 @@ def quick_cells(work: Path) -> dict[str, list[str]]:
     return {"synthetic": ["dataset=synthetic", "model=test_resnet", f"model.weights={weights}", "epoch_scale=0.1"]}
 
 
-def run(out: Path, overrides: list[str]) -> dict:
-    """One tlexp.train run in `out` (read back when already finished); a failure is recorded, not raised."""
+def claimed_elsewhere(out: Path) -> bool:
+    """Another live bench process is making this run (two processes may share a cell's runs: each run is taken
+    with a lock file holding the taker's pid; a dead taker's lock is taken over)."""
+    lock = out.parent / f".{out.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(lock, "x") as f:  # exclusive create: one taker
+            f.write(str(os.getpid()))
+        return False
+    except FileExistsError:
+        pass
+    try:
+        owner = int(lock.read_text() or 0)
+        if owner == os.getpid():
+            return False
+        os.kill(owner, 0)
+        return True
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        lock.unlink(missing_ok=True)  # its taker died: try again
+        return claimed_elsewhere(out)
+
+
+def run(out: Path, overrides: list[str], wait: bool = True) -> dict | None:
+    """One tlexp.train run in `out` (read back when already finished); a failure is recorded, not raised.
+    A run another process is making is waited for and read, or with wait=False, None."""
     metrics = out / "metrics.json"
+    while not metrics.is_file() and claimed_elsewhere(out):
+        if not wait:
+            return None
+        time.sleep(30)
     if metrics.is_file():
         return json.loads(metrics.read_text())
     command = [sys.executable, "-m", "tlexp.train", *overrides, f"hydra.run.dir={out}"]
@@ -77,7 +104,13 @@ def measure(work: Path, cell: str, overrides: list[str], seed: int, candidates: 
     if part in ("all", "auto"):  # first, on a cold feature cache of its own
         auto = run(base / "auto", ["strategy=auto", *shared, f"cache.dir={base / 'auto_cache'}"])
     if part in ("all", "truth"):
-        truth = {s: run(base / s, [f"strategy={s}", *shared, f"cache.dir={base / 'cache'}"]) for s in candidates}
+
+        def truth_run(s: str, wait: bool) -> dict | None:
+            return run(base / s, [f"strategy={s}", *shared, f"cache.dir={base / 'cache'}"], wait)
+
+        # first the runs no other process is making, then those it is: two processes can share a cell
+        made = {s: truth_run(s, wait=False) for s in candidates}
+        truth = {s: made[s] if made[s] is not None else truth_run(s, wait=True) for s in candidates}
     return {"cell": cell, "seed": seed, "truth": truth, "auto": auto}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,20 @@ def test_early_stop_simulation_cuts_each_curve_after_patience_epochs_without_a_n
     # a: 1/6 of its epochs saved, 10 points of best val given up; b: nothing saved, nothing given up
     expected = "patience 3: 2 runs, epochs saved 8% (0-17%), best val given up 5.00 points mean, 10.00 worst"
     assert f"finetune   {expected}" in done.stdout
+
+
+def test_a_run_another_live_bench_process_is_making_is_left_to_it(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_auto", ROOT / "benchmarks" / "bench_auto.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, lock = tmp_path / "cell" / "finetune", tmp_path / "cell" / ".finetune.lock"
+    assert bench.claimed_elsewhere(out) is False and lock.read_text() == str(os.getpid())  # taken by this one
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        lock.write_text(str(other.pid))
+        assert bench.claimed_elsewhere(out) is True
+        assert bench.run(out, ["strategy=finetune"], wait=False) is None  # not started twice
+        other.kill()
+    other.wait()
+    assert bench.claimed_elsewhere(out) is False and lock.read_text() == str(os.getpid())  # a dead taker's run
