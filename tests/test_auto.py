@@ -79,6 +79,17 @@ def test_equal_counts_are_an_exact_tie_whatever_float_they_came_from():
     assert "+0.0 points, more than" not in explain(winner, runner_up, 139)
 
 
+@pytest.mark.parametrize("n", [139, 228, 500, 10_000])
+def test_one_image_more_is_never_beyond_the_noise_and_two_are(n):
+    """A lead of one image equals its paired s.e. exactly: float rounding used to decide it (textures, 139 val)."""
+    probe = standing("feature_extraction", n - 1, n=n, cost=1.0, epochs=0)
+    one_more = dataclasses.replace(standing("finetune", n, n=n, cost=100.0), share=0.2)
+    assert not auto.leads(one_more, probe) and choose([one_more, probe])[0] is probe
+    assert still_open([probe, one_more], cap=0.7) is one_more and "within the noise" in explain(probe, one_more, n)
+    two_more = standing("finetune", n, n=n, cost=100.0)
+    assert auto.leads(two_more, standing("feature_extraction", n - 2, n=n, cost=1.0, epochs=0))
+
+
 def test_a_pilot_within_the_noise_of_the_probe_trains_on_until_it_leads_or_reaches_the_cap():
     probe = standing("feature_extraction", 83, cost=1.0, epochs=0)
     dipping = dataclasses.replace(standing("lp_ft", 77, cost=100.0), share=0.2)

@@ -116,6 +116,18 @@ def paired_noise(a: Standing, b: Standing) -> float:
     return diff.std().item() / math.sqrt(len(diff)) if len(diff) > 1 else 1.0
 
 
+def leads(a: Standing, b: Standing) -> bool:
+    """Whether a's val accuracy is above b's by more than `paired_noise`, decided exactly on image counts.
+
+    With W images only a gets right and L only b does, lead > 1 s.e. of the paired difference comes down to
+    W > L and (W - L)^2 > W + L. In floats a lead of one image (W=1, L=0) equals its s.e. up to rounding, and
+    rounding, not the evidence, would decide it.
+    """
+    wins = int((a.correct & ~b.correct).sum())
+    losses = int((b.correct & ~a.correct).sum())
+    return wins > losses and (wins - losses) ** 2 > wins + losses
+
+
 def better_half(standings: list[Standing]) -> list[Standing]:
     """Successive halving's cut: the better half by val accuracy (ties to the cheaper), at least one."""
     ranked = sorted(standings, key=lambda s: (-s.val_acc, s.full_seconds))
@@ -125,7 +137,7 @@ def better_half(standings: list[Standing]) -> list[Standing]:
 def choose(standings: list[Standing]) -> tuple[Standing, Standing | None]:
     """The winner and the runner-up: the best val accuracy, unless a cheaper candidate is within its noise."""
     best = max(standings, key=lambda s: (s.val_acc, -s.full_seconds))
-    tied = [s for s in standings if s.val_acc >= best.val_acc - paired_noise(best, s)]
+    tied = [s for s in standings if not leads(best, s)]
     winner = min(tied, key=lambda s: s.full_seconds)
     others = [s for s in standings if s is not winner]
     runner_up = best if winner is not best else max(others, key=lambda s: s.val_acc, default=None)
@@ -146,8 +158,7 @@ def still_open(finalists: list[Standing], cap: float) -> Standing | None:
     pilot = next((s for s in finalists if s.share < cap), None)
     if len(done) != 1 or pilot is None or done[0].val_acc >= 1.0:  # a perfect probe cannot be beaten on val
         return None
-    lead = pilot.val_acc - done[0].val_acc
-    return None if lead > paired_noise(pilot, done[0]) else pilot
+    return None if leads(pilot, done[0]) else pilot
 
 
 def explain(winner: Standing, runner_up: Standing | None, val_images: int) -> str:
@@ -162,7 +173,7 @@ def explain(winner: Standing, runner_up: Standing | None, val_images: int) -> st
     noise = paired_noise(winner, runner_up)
     gap = 100 * (winner.val_acc - runner_up.val_acc)
     on = f"noise +/-{100 * noise:.1f} points (1 s.e., paired over {val_images} val images)"
-    if gap > 100 * noise:
+    if leads(winner, runner_up):
         return f"{said(winner)} vs {said(runner_up)}: {gap:+.1f} points, more than the {on}: {winner.strategy}."
     cheaper = runner_up.full_seconds / max(winner.full_seconds, 1e-9)
     return (
