@@ -283,3 +283,19 @@ def test_warmup_raises_the_rates_over_its_share_of_the_phase_at_run_time(tiny_cf
     assert first["head"] == pytest.approx(1e-6) and first["stage1"] == pytest.approx(3e-7)  # 1e-3 of the peak
     assert second["head"] == pytest.approx(1e-3) and second["stage1"] == pytest.approx(3e-4)  # the peak
     assert metrics["phases"][0]["warmup"] == 0.5
+
+
+def test_layer_decay_lowers_each_backbone_group_below_the_top_at_run_time(tiny_cfg):
+    lrs = StepLrs()
+    metrics = train(tiny_cfg("strategy=finetune", "strategy.phases.0.epochs=1", "strategy.layer_decay=0.5"), [lrs])
+    first = lrs.steps[0]
+    backbone = [g for g in first if g != "head"]  # stem, stage1 .. stageN, input to output
+    assert first["head"] == pytest.approx(1e-3) and first[backbone[-1]] == pytest.approx(1e-4)  # top: as set
+    for lower, upper in zip(backbone[:-1], backbone[1:], strict=True):
+        assert first[lower] == pytest.approx(0.5 * first[upper])
+    assert metrics["phases"][0]["lr"]["stem"] == pytest.approx(1e-4 * 0.5 ** (len(backbone) - 1))
+
+
+def test_layer_decay_outside_0_1_is_a_clear_error(tiny_cfg):
+    with pytest.raises(ConfigError, match="layer_decay must be > 0 and <= 1"):
+        train(tiny_cfg("strategy=finetune", "strategy.phases.0.epochs=1", "+strategy.phases.0.layer_decay=1.5"))

@@ -99,6 +99,9 @@ def check_strategy(strategy: dict) -> None:
         warmup = p.get("warmup", strategy.get("warmup", 0.0))
         if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1:
             raise ConfigError(f"{where}: warmup must be a fraction of the phase, >= 0 and < 1 (e.g. 0.1): {warmup}.")
+        decay = p.get("layer_decay", strategy.get("layer_decay", 1.0))
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise ConfigError(f"{where}: layer_decay must be > 0 and <= 1 (1 = none, e.g. 0.8): {decay}.")
 
 
 def build_phases(strategy: dict, groups: list[str], weight_decay: float) -> list[Phase]:
@@ -119,6 +122,7 @@ def build_phases(strategy: dict, groups: list[str], weight_decay: float) -> list
         missing = [g for g in trainable if g not in lr]
         if missing:
             raise ConfigError(f"strategy '{strategy.get('name')}', phase {i + 1}: no learning rate for {missing}.")
+        lr = decayed(lr, groups, float(p.get("layer_decay", strategy.get("layer_decay", 1.0))))
         phases.append(
             Phase(
                 name=str(p.get("name", f"phase{i + 1}")),
@@ -132,6 +136,14 @@ def build_phases(strategy: dict, groups: list[str], weight_decay: float) -> list
             )
         )
     return phases
+
+
+def decayed(lr: dict[str, float], groups: list[str], decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay (ULMFiT, BEiT): the top backbone group keeps its rate, each group below it
+    gets `decay` times the rate of the one above; the head is left alone. 1 = no decay."""
+    backbone = [g for g in groups if g != "head"]
+    depth = {g: len(backbone) - 1 - i for i, g in enumerate(backbone)}  # 0 for the top stage
+    return {g: rate * decay ** depth[g] if g in depth else rate for g, rate in lr.items()}
 
 
 def schedule_factor(kind: str, progress: float, warmup: float = 0.0) -> float:

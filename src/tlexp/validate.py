@@ -262,6 +262,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "strategy.pretrained": boolean(),
         "strategy.schedule": choice(*SCHEDULES),
         "strategy.warmup": number(0, 1, example=0.1, hi_open=True),  # fraction of each phase
+        "strategy.layer_decay": number(0, 1, example=0.8, lo_open=True),
         "strategy.bn": choice(*BN_MODES),
         "strategy.head_init": choice(*HEAD_INITS),
         "strategy.phases": Rule(
@@ -403,7 +404,7 @@ def _cross_checks(cfg: DictConfig, bad_keys: set[str], cuda_available: bool | No
     if "trainer.accelerator" not in bad_keys and accelerator in ("gpu", "cuda", "mps"):
         found += _accelerator_available(str(accelerator), cuda_available)
     strategy = OmegaConf.select(cfg, "strategy", default=None)
-    phase_keys = {"strategy.phases", "strategy.bn", "strategy.schedule", "strategy.warmup"}
+    phase_keys = {"strategy.phases", "strategy.bn", "strategy.schedule", "strategy.warmup", "strategy.layer_decay"}
     if isinstance(strategy, DictConfig) and not (bad_keys & phase_keys):
         found += _strategy_problems(OmegaConf.to_container(strategy, resolve=True), bad_keys)
     return found
