@@ -111,13 +111,18 @@ def test_a_sweep_run_again_in_place_reads_back_resumes_or_restarts(tmp_path):
 
     def run_dir(name: str, strategy: str, *files: str) -> DictConfig:
         out = tmp_path / name
+        cfg = OmegaConf.create({"output_dir": str(out), "resume": None, "strategy": {"name": strategy}})
         for f in ("config.yaml", *files):
             (out / f).parent.mkdir(parents=True, exist_ok=True)
-            (out / f).write_text(f"strategy: {{name: {strategy}}}\n" if f == "config.yaml" else "{}")
-        return OmegaConf.create({"output_dir": str(out), "resume": None})
+            (out / f).write_text(OmegaConf.to_yaml(cfg) if f == "config.yaml" else "{}")
+        return cfg
 
     new = OmegaConf.create({"output_dir": str(tmp_path / "new"), "resume": None})
     assert in_place(new) == (new, None)
+    other = run_dir("other", "finetune", "metrics.json")
+    other.strategy.name = "gradual"  # the same dir, another configuration: not this sweep's run
+    with pytest.raises(ConfigError, match=r"holds a run made with another config \(strategy.name differ"):
+        in_place(other)
     cfg, said = in_place(run_dir("done", "finetune", "metrics.json"))
     assert cfg.resume == str(tmp_path / "done") and "read back" in said
     cfg, said = in_place(run_dir("killed", "finetune", "checkpoints/last.ckpt"))

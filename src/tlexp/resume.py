@@ -58,6 +58,12 @@ def in_place(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     out = Path(str(cfg.output_dir))
     if not (out / RUN_CONFIG).is_file():
         return cfg, None
+    changed = changed_keys(OmegaConf.load(out / RUN_CONFIG), cfg)
+    if changed:  # e.g. an Optuna sweep launched again into a fixed dir: trial N is another configuration
+        raise ConfigError(
+            f"{out} holds a run made with another config ({', '.join(changed[:4])} differ), so it is not this "
+            "sweep's run. Launch the sweep into a new directory (compare's dir=..., or hydra.sweep.dir=...)."
+        )
     if (out / METRICS).is_file():
         return _with_resume(cfg, out), f"finished before in {out}: read back, not trained again"
     if OmegaConf.select(OmegaConf.load(out / RUN_CONFIG), "strategy.name") == "auto":
@@ -67,6 +73,19 @@ def in_place(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     if (out / "checkpoints" / LAST).is_file():
         return _with_resume(cfg, out), f"interrupted in {out}: continuing from its last.ckpt"
     return cfg, f"stopped before its first checkpoint in {out}: starting it again"
+
+
+def changed_keys(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """The dotted keys whose values differ between a run's saved config and `cfg` (where it runs, aside)."""
+    flat = [_flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg)]
+    where = {"output_dir", "resume", "resume_from"}
+    return sorted(k for k in flat[0].keys() | flat[1].keys() if k not in where and flat[0].get(k) != flat[1].get(k))
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
 
 
 def _with_resume(cfg: DictConfig, run: Path) -> DictConfig:
