@@ -130,7 +130,7 @@ def print_evidence(cfg: DictConfig, decision: auto.Decision) -> None:
         f"frozen features: probe val {f['val_acc']:.3f}; {f['folds']}-fold CV probe {f['cv_acc']:.3f} "
         f"+/- {f['cv_std']:.3f}, kNN (k={f['k']}) {f['knn_acc']:.3f} +/- {f['knn_std']:.3f} ({f['seconds']:.1f} s)"
     )
-    print("pilots, successive halving (val accuracy; backbone epochs):")
+    print("pilots, rung by rung (val accuracy; backbone epochs):")
     for i, rung in enumerate(decision.rungs, 1):
         row = ", ".join(f"{s['strategy']} {s['val_acc']:.3f} ({s['epochs']} ep, {s['seconds']:.0f} s)" for s in rung)
         print(f"  rung {i}: {row}")
