@@ -101,7 +101,8 @@ def test_report_aggregates_seeds_and_lists_failed_runs(tmp_path):
     assert "| feature_extraction | 60 s (cold cache) | 86.0% | 0.850 |" in text
     assert "| auto (picked finetune x1) | 60 s | 85.0% | 0.840 |" in text
     assert "`auto`, choosing on val by probe and pilots, has a regret of 1.0 points against the best " in text
-    assert "Runs made on: x86_64, 2 CPU cores, 1 threads." in text and "This cell: 4 runs, 5.0 min of fit" in text
+    assert "recorded (metrics.json `machine`): x86_64, 2 CPU cores, 1 threads." in text
+    assert "This cell: 4 runs, 5.0 min of fit" in text
     assert "size rule (`strategy=auto strategy.budget=0`) would pick **gradual**; the best here was " in text
     assert "**feature_extraction** (4.0 points" in text
     assert "Not above feature_extraction (a head on the frozen backbone) here: gradual." in text

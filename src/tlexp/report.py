@@ -238,7 +238,7 @@ def write_report(root: Path, out: Path) -> dict:
     summary = aggregate(rows)
     text = markdown(summary, failed)
     machines = sorted({r["machine"] for r in rows if r.get("machine")})
-    head = f"Runs made on: {'; '.join(machines)}.\n\n" if machines else ""
+    head = f"Machines the runs recorded (metrics.json `machine`): {'; '.join(machines)}.\n\n" if machines else ""
     write_text(out / "comparison.md", "# Strategy comparison\n\n" + head + text)
     with atomic_open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
