@@ -29,8 +29,12 @@ def _style(strategy: str) -> dict:
     return {"color": _colour(strategy), **dotted}
 
 
+def _cell(row: dict) -> tuple[str, int]:
+    return row.get("dataset", ""), row["train_images"]
+
+
 def _cells(rows) -> list[tuple[str, int]]:
-    return sorted({(r.get("dataset", ""), r["train_images"]) for r in rows})
+    return sorted({_cell(r) for r in rows})
 
 
 def _title(cell: tuple[str, int]) -> str:
@@ -39,7 +43,7 @@ def _title(cell: tuple[str, int]) -> str:
 
 
 def _in(rows, cell, strategy) -> list[dict]:
-    return [r for r in rows if (r.get("dataset", ""), r["train_images"]) == cell and r["strategy"] == strategy]
+    return [r for r in rows if _cell(r) == cell and r["strategy"] == strategy]
 
 
 def _axes(n: int, width: float = 5.0):
@@ -83,7 +87,7 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
 
 
 def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
-    """Validation accuracy per epoch (the mean over a cell's runs, said in the legend), phase changes dashed."""
+    """Validation accuracy per epoch (the mean over a cell's runs, said in the title), phase changes dashed."""
     rows = [r for r in rows if r.get("history")]
     if not rows:
         return None

@@ -129,7 +129,6 @@ def aggregate(rows: list[dict]) -> list[dict]:
                 "epochs": rs[0]["epochs"],
                 "best_epoch_mean": _mean_std([r["best_epoch"] for r in rs])[0],
                 "best_val_acc_mean": _mean_std([r.get("best_val_acc") for r in rs])[0],
-                "fit_seconds_total": sum(r["fit_seconds"] for r in rs),
             }
         )
     rank = {s: i for i, s in enumerate(ORDER)}
@@ -194,7 +193,7 @@ def cell_markdown(here: list[dict]) -> list[str]:
                 f"`auto`, choosing on val by probe and pilots, has a regret of {gap:.1f} points against the best "
                 f"({best['strategy']}), at {times:.2f}x its fit time."
             )
-    runs, total = sum(s["runs"] for s in here), sum(s["fit_seconds_total"] for s in here)
+    runs, total = sum(s["runs"] for s in here), sum(s["fit_seconds_mean"] * s["runs"] for s in here)
     return [*lines, "", f"This cell: {runs} run{'s' * (runs > 1)}, {_duration(total)} of fit time.", ""]
 
 

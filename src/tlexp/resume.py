@@ -66,7 +66,7 @@ def in_place(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         )
     if (out / METRICS).is_file():
         return _with_resume(cfg, out), f"finished before in {out}: read back, not trained again"
-    if OmegaConf.select(OmegaConf.load(out / RUN_CONFIG), "strategy.name") == "auto":
+    if OmegaConf.select(cfg, "strategy.name") == "auto":  # the saved config's too: no key differs
         shutil.rmtree(out / "pilots", ignore_errors=True)
         (out / "auto.json").unlink(missing_ok=True)
         return cfg, f"strategy=auto stopped before its end in {out}: starting it again"
