@@ -25,6 +25,7 @@ from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolv
 from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
+from .ema import WeightEMA
 from .errors import ConfigError
 from .features import FeatureCache, eval_features, feature_cache_for
 from .guards import RequireTraining, StopOnNonFinite
@@ -252,6 +253,7 @@ def build_trainer(cfg: DictConfig, out: Path, schedule: PhaseSchedule, best: Mod
     # best-so-far state of this epoch too.
     every_epoch = ModelCheckpoint(dirpath=last.parent, filename=last.stem, enable_version_counter=False)
     keep = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last), RequireTraining()]
+    ema = [WeightEMA(cfg.ema, schedule.total_epochs)] if cfg.get("ema") else []
     progress = plain_progress(args, schedule)  # off a terminal: a line per epoch instead of the bar
     shown = cfg.report.train_batch_preview
     preview = [TrainBatchPreview(out / "train_batch.png", shown)] if shown else []
@@ -259,7 +261,7 @@ def build_trainer(cfg: DictConfig, out: Path, schedule: PhaseSchedule, best: Mod
     return L.Trainer(
         **args,
         max_epochs=schedule.total_epochs,
-        callbacks=[schedule, best, *keep, *preview, *progress, *extra],
+        callbacks=[schedule, best, *keep, *ema, *preview, *progress, *extra],
         plugins=[AtomicCheckpointIO()],  # a checkpoint is whole under its name, or not there
         logger=logger,
         default_root_dir=str(out),

@@ -226,6 +226,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "optimizer.weight_decay": number(0, example=1e-4),
         "optimizer.momentum": number(0, 1, example=0.9),
         "optimizer.label_smoothing": number(0, 1, example=0.1, hi_open=True),  # CrossEntropyLoss
+        "ema": number(0, 1, example=0.1),  # the weight EMA's time constant, a fraction of the schedule's steps
         "data.batch_size": integer(1, example=32),
         "data.num_workers": integer(0, example=4) | AUTO,
         "data.on_bad_image": choice("skip", "error"),
