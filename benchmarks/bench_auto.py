@@ -68,7 +68,10 @@ def claimed_elsewhere(out: Path) -> bool:
     except FileExistsError:
         pass
     try:
-        owner = int(lock.read_text() or 0)
+        text = lock.read_text()
+        if not text and time.time() - lock.stat().st_mtime < 10:
+            return True  # its taker is writing its pid (an empty lock stays empty when the taker died first)
+        owner = int(text)
         if owner == os.getpid():
             return False
         os.kill(owner, 0)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +57,7 @@ def test_a_run_another_live_bench_process_is_making_is_left_to_it(tmp_path):
         other.kill()
     other.wait()
     assert bench.claimed_elsewhere(out) is False and lock.read_text() == str(os.getpid())  # a dead taker's run
+    lock.write_text("")  # a taker that died between creating the lock and writing its pid
+    assert bench.claimed_elsewhere(out) is True  # for a few seconds it may still be writing
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    assert bench.claimed_elsewhere(out) is False and lock.read_text() == str(os.getpid())
