@@ -222,7 +222,10 @@ class TransferDataModule(L.LightningDataModule):
             # A last batch of one image breaks BatchNorm in training mode; drop it only when there are others.
             drop_last=train and len(data) > self.batch_size,
             num_workers=workers,
-            persistent_workers=workers > 0,
+            # Fresh workers every epoch, seeded from the main process's RNG, which checkpoints carry: a resumed run
+            # draws the same augmentations as an uninterrupted one. Persistent workers keep the streams they
+            # were seeded with at the first epoch, which a resumed run cannot reproduce.
+            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: faster, asynchronous copies to the GPU
         )
 
