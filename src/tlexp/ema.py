@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 class WeightEMA(WeightAveraging):
     """Lightning's weight averaging with an EMA whose window is a fraction of the whole schedule's optimizer steps.
 
-    A fixed per-step decay (timm's 0.9998) is a different window at every data size: 100 images make about 60
-    steps in a 30-epoch run, and a decay of 0.999 would keep the starting weights. Here the EMA's time constant,
+    A fixed per-step decay (timm's 0.9998) is a different window at every data size: 100 images make 30 steps
+    in a 30-epoch run at batch 64, and a decay of 0.999 would keep the starting weights. Here the time constant,
     1 / (1 - decay) steps, is `horizon` times the steps of the whole schedule (every phase), so it means the same
     at any size. Every parameter and buffer is averaged, frozen ones too (they do not move, so the average is them).
 
