@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from tlexp.errors import ConfigError
 from tlexp.train import train
 
-from .test_resume import FAST, _ckpt
+from .test_resume import FAST, _ckpt, whole_crashed_resumed
 
 HEAD = "head.1.weight"
 # 2 epochs x 2 steps = 4 steps; horizon 0.5 -> a time constant of 2 steps -> decay 0.5 per step
@@ -65,23 +65,9 @@ def test_test_runs_on_the_average_from_the_best_checkpoint(tiny_cfg):
     assert not torch.equal(watch.at_test, best["current_model_state"][HEAD])
 
 
-class Crash(Callback):
-    """Dies as a killed process would, right after epoch 0's checkpoint: nothing more is saved."""
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
-            raise MemoryError("killed")
-
-
 def test_a_resumed_run_continues_the_average_and_the_raw_weights_exactly(tiny_cfg, tmp_path):
-    whole = tiny_cfg(*EMA_RUN, f"output_dir={tmp_path / 'whole'}")
-    train(whole)
-    cut = tiny_cfg(*EMA_RUN, f"output_dir={tmp_path / 'cut'}")
-    with pytest.raises(MemoryError):
-        train(cut, callbacks=[Crash()])
-    assert _ckpt(Path(cut.output_dir))["global_step"] == 2  # 2 of the 4 steps
-    train(tiny_cfg(f"resume={cut.output_dir}"))
-    a, b = _ckpt(Path(whole.output_dir)), _ckpt(Path(cut.output_dir))
+    a, crashed, b = whole_crashed_resumed(tiny_cfg, tmp_path, *EMA_RUN)
+    assert crashed["global_step"] == 2  # 2 of the 4 steps
     for key in ("state_dict", "current_model_state"):
         assert torch.equal(a[key][HEAD], b[key][HEAD]), key
 

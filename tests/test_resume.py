@@ -38,6 +38,26 @@ def _ckpt(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
+class Crash(Callback):
+    """Dies as a killed process would, right after epoch 0's checkpoint: nothing more is saved."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise MemoryError("killed")
+
+
+def whole_crashed_resumed(tiny_cfg, tmp_path: Path, *overrides: str) -> tuple[dict, dict, dict]:
+    """last.ckpt of an uninterrupted run; of the same run crashed after epoch 0; and of that run resumed."""
+    whole = tiny_cfg(*overrides, f"output_dir={tmp_path / 'whole'}")
+    train(whole)
+    cut = tiny_cfg(*overrides, f"output_dir={tmp_path / 'cut'}")
+    with pytest.raises(MemoryError):
+        train(cut, callbacks=[Crash()])
+    crashed = _ckpt(Path(cut.output_dir))
+    train(tiny_cfg(f"resume={cut.output_dir}"))
+    return _ckpt(Path(whole.output_dir)), crashed, _ckpt(Path(cut.output_dir))
+
+
 def test_ctrl_c_saves_last_ckpt_and_resume_lands_in_the_same_phase(tiny_cfg, capsys):
     cfg = tiny_cfg("strategy=gradual", short_phases("gradual", epochs=1), *FAST)
     run = Path(cfg.output_dir)
