@@ -257,6 +257,16 @@ def test_resuming_an_auto_run_points_at_its_winner(tiny_cfg):
         train(tiny_cfg(f"resume={out}"))
 
 
+def test_an_auto_run_started_again_in_its_dir_measures_afresh(tiny_cfg):
+    cfg = tiny_cfg("strategy=auto", "strategy.candidates=[feature_extraction,finetune]", "epoch_scale=0.2")
+    first = train(cfg)
+    (Path(cfg.output_dir) / "metrics.json").unlink()  # killed after its winner's pilot had trained on
+    again = train(cfg)  # the same command again: not a traceback from a pilot checkpoint past its first rung
+    measured = [[(s["strategy"], s["val_acc"], s["epochs"]) for s in rung] for rung in first["auto"]["rungs"]]
+    assert [[(s["strategy"], s["val_acc"], s["epochs"]) for s in rung] for rung in again["auto"]["rungs"]] == measured
+    assert again["strategy"] == first["strategy"] and again["test"]["acc"] == first["test"]["acc"]
+
+
 def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
     overrides = ["dataset=synthetic", "model=test_resnet", f"model.weights={tiny_weights}", "epoch_scale=0.1",
                  "trainer.enable_progress_bar=false"]  # fmt: skip

@@ -32,7 +32,7 @@ from .build import Run, build_run, check_config, init_head, plain, replaced, sta
 from .errors import ConfigError
 from .evidence import FeatureEvidence, feature_evidence
 from .features import eval_features
-from .resume import LAST
+from .resume import LAST, clear_auto_attempt
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,9 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
     check_config(cfg)
     spec = plain(cfg.strategy)
     out = start_output(cfg, None)
+    if clear_auto_attempt(out):
+        log.warning("strategy=auto: %s held an earlier auto run that did not finish; its pilots are cleared and "
+                    "measured again", out)  # fmt: skip
     names = [c["name"] for c in auto.candidates(spec)]
     best = {name: BestVal() for name in names}
     runs = {name: build_run(candidate_cfg(cfg, name, out), [*(callbacks or []), best[name]]) for name in names}

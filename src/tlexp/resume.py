@@ -67,12 +67,20 @@ def in_place(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     if (out / METRICS).is_file():
         return _with_resume(cfg, out), f"finished before in {out}: read back, not trained again"
     if OmegaConf.select(cfg, "strategy.name") == "auto":  # the saved config's too: no key differs
-        shutil.rmtree(out / "pilots", ignore_errors=True)
-        (out / "auto.json").unlink(missing_ok=True)
+        clear_auto_attempt(out)
         return cfg, f"strategy=auto stopped before its end in {out}: starting it again"
     if (out / "checkpoints" / LAST).is_file():
         return _with_resume(cfg, out), f"interrupted in {out}: continuing from its last.ckpt"
     return cfg, f"stopped before its first checkpoint in {out}: starting it again"
+
+
+def clear_auto_attempt(out: Path) -> bool:
+    """Remove what an earlier strategy=auto run in `out` left (its pilots, its decision) before it starts again:
+    a pilot's last.ckpt from that attempt is further on than the new attempt's first rung. True if any was there."""
+    found = (out / "pilots").exists() or (out / "auto.json").exists()
+    shutil.rmtree(out / "pilots", ignore_errors=True)
+    (out / "auto.json").unlink(missing_ok=True)
+    return found
 
 
 def changed_keys(saved: DictConfig, cfg: DictConfig) -> list[str]:
