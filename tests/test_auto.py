@@ -225,6 +225,18 @@ def test_auto_measures_pilots_and_the_winner_continues_from_its_pilot(tiny_cfg, 
     assert "strategy/auto/text_summary" in events.Reload().Tags()["tensors"]
 
 
+def test_a_winner_that_was_not_a_pilot_trains_as_its_plain_run_would(tiny_cfg, monkeypatch):
+    def probe_wins(alive):  # whatever the pilots measured: feature_extraction, which has no pilot of its own
+        probe = next(s for s in alive if s.strategy == "feature_extraction")
+        return probe, next(s for s in alive if s is not probe)
+
+    plain_run = train(tiny_cfg("strategy=feature_extraction", "epoch_scale=0.3"))
+    monkeypatch.setattr(auto, "choose", probe_wins)
+    chosen = train(tiny_cfg("strategy=auto", "strategy.candidates=[feature_extraction,finetune]", "epoch_scale=0.3"))
+    assert chosen["strategy"] == "feature_extraction" and chosen["auto"]["rungs"][0][1]["epochs"] >= 1
+    assert chosen["history"] == plain_run["history"] and chosen["test"] == plain_run["test"]  # same draws
+
+
 FOUR = "strategy.candidates=[feature_extraction,lp_ft,finetune,gradual]"
 
 

@@ -32,7 +32,7 @@ from .build import Run, build_run, check_config, init_head, plain, replaced, sta
 from .errors import ConfigError
 from .evidence import FeatureEvidence, feature_evidence
 from .features import eval_features
-from .resume import LAST, clear_auto_attempt
+from .resume import LAST, clear_auto_attempt, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,10 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
                     "measured again", out)  # fmt: skip
     names = [c["name"] for c in auto.candidates(spec)]
     best = {name: BestVal() for name in names}
-    runs = {name: build_run(candidate_cfg(cfg, name, out), [*(callbacks or []), best[name]]) for name in names}
+    runs, built_rng = {}, {}
+    for name in names:
+        runs[name] = build_run(candidate_cfg(cfg, name, out), [*(callbacks or []), best[name]])
+        built_rng[name] = rng_states()  # where a plain run of this strategy starts its fit
     if next(iter(runs.values())).trainer.world_size > 1:  # each rank would judge its own shard of val
         raise ConfigError(
             "strategy=auto's pilots judge per-image val verdicts in one process; with more than one (DDP) pick the "
@@ -181,4 +184,5 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
     log.info("strategy=auto: %s", decision.reason)
     if winner.strategy in pilots:
         return pilots[winner.strategy].continuation(out, decision)
+    set_rng_states(built_rng[winner.strategy])  # the pilots drew from the generators: train as a plain run would
     return dataclasses.replace(runs[winner.strategy], out=out, decision=decision)

@@ -224,7 +224,7 @@ def check_resume_overrides(overrides: list[str]) -> None:
         )
 
 
-def _rng_states() -> dict:
+def rng_states() -> dict:
     # Tensors and plain values only, so that Lightning's weights_only checkpoint loading accepts them.
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
@@ -234,7 +234,7 @@ def _rng_states() -> dict:
     return states
 
 
-def _set_rng_states(states: dict) -> None:
+def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -259,11 +259,11 @@ class RunState(Callback):
         self.last_path = Path(last_path)
 
     def state_dict(self) -> dict:
-        return {"rng": _rng_states()}
+        return {"rng": rng_states()}
 
     def load_state_dict(self, state: dict) -> None:
         if "rng" in state:
-            _set_rng_states(state["rng"])
+            set_rng_states(state["rng"])
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
