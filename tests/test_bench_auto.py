@@ -20,7 +20,11 @@ def test_bench_auto_quick_cell_prints_regret_and_cost_and_resumes(tmp_path):
     assert len(rows) == 1 and rows[0]["auto_pick"] in rows[0]["ranking"]
     assert set(rows[0]["ranking"]) == {"scratch", "feature_extraction", "lp_ft", "finetune", "gradual"}
     assert isinstance(rows[0]["regret"], float) and rows[0]["cost"] > 0  # regret < 0: auto's own run scored higher
-    assert "worst regret" in first.stdout and "mean cost" in first.stdout
+    truth = rows[0]["truth"]
+    assert rows[0]["picked_on_val"] == max(truth, key=lambda s: (truth[s]["best_val_acc"], -truth[s]["fit_seconds"]))
+    best = truth[rows[0]["ranking"][0]]["test_acc"]
+    assert rows[0]["regret_vs_best"] == best - rows[0]["auto_test_acc"] >= rows[0]["regret"]
+    assert "worst cell regret" in first.stdout and "mean cost" in first.stdout
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "--- " not in again.stdout  # every run read back, none rerun
     assert json.loads((tmp_path / "bench_auto.json").read_text()) == rows
@@ -42,12 +46,25 @@ def test_early_stop_simulation_cuts_each_curve_after_patience_epochs_without_a_n
     assert f"finetune   {expected}" in done.stdout
 
 
-def test_a_run_another_live_bench_process_is_making_is_left_to_it(tmp_path):
+def bench_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_auto", ROOT / "benchmarks" / "bench_auto.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_truth_picks_on_val_and_a_tie_goes_to_the_shorter_fit():
+    truth = {"finetune": {"best_val_acc": 1.0, "fit_seconds": 219}, "lp_ft": {"best_val_acc": 1.0, "fit_seconds": 90},
+             "feature_extraction": {"best_val_acc": 0.99, "fit_seconds": 7}}  # fmt: skip
+    assert bench_module().truth_pick(truth) == "lp_ft"
+    truth["feature_extraction"]["best_val_acc"] = 1.01
+    assert bench_module().truth_pick(truth) == "feature_extraction"
+
+
+def test_a_run_another_live_bench_process_is_making_is_left_to_it(tmp_path):
+    bench = bench_module()
     out, lock = tmp_path / "cell" / "finetune", tmp_path / "cell" / ".finetune.lock"
     assert bench.claimed_elsewhere(out) is False and lock.read_text() == str(os.getpid())  # taken by this one
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
