@@ -143,8 +143,8 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
     spec = plain(cfg.strategy)
     out = start_output(cfg, None)
     if clear_auto_attempt(out):
-        log.warning("strategy=auto: %s held an earlier auto run that did not finish; its pilots are cleared and "
-                    "measured again", out)  # fmt: skip
+        log.warning("strategy=auto: %s held the pilots of an earlier auto run; they are cleared and measured again "
+                    "(to continue an interrupted winner instead: resume=<that dir>/pilots/<winner>)", out)  # fmt: skip
     names = [c["name"] for c in auto.candidates(spec)]
     best = {name: BestVal() for name in names}
     runs, built_rng = {}, {}
