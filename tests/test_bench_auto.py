@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,6 +63,19 @@ def test_the_truth_picks_on_val_and_a_tie_goes_to_the_shorter_fit():
     assert bench_module().truth_pick(truth) == "lp_ft"
     truth["feature_extraction"]["best_val_acc"] = 1.01
     assert bench_module().truth_pick(truth) == "feature_extraction"
+
+
+def test_regret_is_against_the_val_pick_and_vs_best_against_the_best_on_test():
+    def run(val: float, test: float, seconds: float) -> dict:
+        return {"best_val_acc": val, "test": {"acc": test}, "fit_seconds": seconds,
+                "dataset_sizes": {"train": 441}, "num_classes": 8}  # fmt: skip
+
+    truth = {"feature_extraction": run(0.99, 0.978, 7), "finetune": run(1.0, 0.984, 219), "lp_ft": run(1.0, 0.978, 90)}
+    auto = run(0.99, 0.973, 250) | {"auto": {"strategy": "feature_extraction", "reason": "a tie"}}
+    row = bench_module().summarise({"cell": "textures", "seed": 0, "truth": truth, "auto": auto})
+    assert row["picked_on_val"] == "lp_ft" and row["ranking"][0] == "finetune"
+    assert row["regret"] == pytest.approx(0.005) and row["regret_vs_best"] == pytest.approx(0.011)
+    assert row["cost"] == pytest.approx(250 / 316) and row["rule_pick"] == "feature_extraction"
 
 
 def test_a_run_another_live_bench_process_is_making_is_left_to_it(tmp_path):
