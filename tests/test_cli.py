@@ -70,3 +70,20 @@ def test_missing_image_folder_is_one_clear_line(tmp_path):
     proc = run_cli("dataset=imagefolder", f"dataset.root={tmp_path}/nope", f"hydra.run.dir={tmp_path}/run", timeout=60)
     assert proc.returncode == 2
     assert f"tlexp error: image folder {tmp_path}/nope does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_new_run_into_a_dir_holding_a_run_is_refused_and_the_run_kept(tmp_path, finished):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    files = {run / "config.yaml": "seed: 3\n", run / "checkpoints" / "last.ckpt": "weights"}
+    if finished:
+        files[run / "metrics.json"] = "{}"
+    for path, text in files.items():
+        path.write_text(text)
+    proc = run_cli(f"hydra.run.dir={run}", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    state = "a finished run" if finished else "an interrupted run"
+    assert f"tlexp error: {run} already holds {state}" in proc.stderr and f"resume={run}" in proc.stderr
+    assert all(path.read_text() == text for path, text in files.items())
+    assert not (run / "tensorboard").exists()

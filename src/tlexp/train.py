@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from .atomic import write_text
 from .auto import uses_pilots
-from .build import Run, build_run, init_head, plain
+from .build import Run, build_run, check_config, init_head, plain
 from .cli import precheck
 from .errors import exit_on_user_error
 from .evaluate import evaluate
@@ -27,7 +27,7 @@ from .lr_find import find_lr
 from .pilots import select
 from .progress import quiet_lightning
 from .record import Outcome, record
-from .resume import check_resume_argv, check_resume_overrides, finished_run, in_place
+from .resume import check_fresh_dir, check_resume_argv, check_resume_overrides, finished_run, in_place
 
 log = logging.getLogger("tlexp")
 
@@ -136,12 +136,21 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
         return None
 
 
+def check_new_run(cfg: DictConfig) -> None:
+    """A single run: its config first (a bad value is the error to show), then whether its directory is free."""
+    if cfg.get("resume"):
+        return
+    check_config(cfg)
+    check_fresh_dir(cfg)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     if cfg.get("resume"):
         exit_on_user_error(check_resume_overrides)(list(HydraConfig.get().overrides.task))
     if _in_sweep():
         return train_in_sweep(cfg)
+    exit_on_user_error(check_new_run)(cfg)
     return objective(cfg, exit_on_user_error(train)(cfg))
 
 
