@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -84,6 +85,18 @@ def claimed_elsewhere(out: Path) -> bool:
         return claimed_elsewhere(out)
 
 
+def launch_args(out: Path, overrides: list[str]) -> list[str]:
+    """tlexp.train's arguments for the run in `out`: an interrupted plain run continues from its last.ckpt;
+    what any other interrupted attempt left (an auto run, a run stopped before its first epoch) is cleared,
+    since tlexp.train refuses a new run in a directory that holds one."""
+    if (out / "checkpoints" / "last.ckpt").is_file():
+        return [f"resume={out}"]
+    if out.exists():
+        print(f"    {out}: an interrupted attempt with nothing to resume from, cleared", flush=True)
+        shutil.rmtree(out)
+    return [*overrides, f"hydra.run.dir={out}"]
+
+
 def run(out: Path, overrides: list[str], wait: bool = True) -> dict | None:
     """One tlexp.train run in `out` (read back when already finished); a failure is recorded, not raised.
     A run another process is making is waited for and read, or with wait=False, None."""
@@ -94,8 +107,8 @@ def run(out: Path, overrides: list[str], wait: bool = True) -> dict | None:
         time.sleep(30)
     if metrics.is_file():
         return json.loads(metrics.read_text())
-    command = [sys.executable, "-m", "tlexp.train", *overrides, f"hydra.run.dir={out}"]
-    print(f"--- {out} (load {os.getloadavg()[0]:.2f}): {' '.join(overrides)}", flush=True)
+    command = [sys.executable, "-m", "tlexp.train", *launch_args(out, overrides)]
+    print(f"--- {out} (load {os.getloadavg()[0]:.2f}): {' '.join(command[3:])}", flush=True)
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0 or not metrics.is_file():
         print(f"    failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:] or ''}", flush=True)

@@ -93,3 +93,16 @@ def test_a_run_another_live_bench_process_is_making_is_left_to_it(tmp_path):
     assert bench.claimed_elsewhere(out) is True  # for a few seconds it may still be writing
     os.utime(lock, (time.time() - 60, time.time() - 60))
     assert bench.claimed_elsewhere(out) is False and lock.read_text() == str(os.getpid())
+
+
+def test_an_interrupted_run_is_resumed_and_an_attempt_with_nothing_to_resume_is_cleared(tmp_path):
+    bench = bench_module()
+    plain, auto, fresh = tmp_path / "finetune", tmp_path / "auto", tmp_path / "gradual"
+    (plain / "checkpoints").mkdir(parents=True)
+    (plain / "checkpoints" / "last.ckpt").write_text("weights")
+    (auto / "pilots" / "finetune").mkdir(parents=True)  # auto keeps its winner's checkpoints under pilots/
+    (auto / "config.yaml").write_text("seed: 0\n")
+    assert bench.launch_args(plain, ["strategy=finetune"]) == [f"resume={plain}"]
+    assert bench.launch_args(auto, ["strategy=auto"]) == ["strategy=auto", f"hydra.run.dir={auto}"]
+    assert not auto.exists()
+    assert bench.launch_args(fresh, ["strategy=gradual"]) == ["strategy=gradual", f"hydra.run.dir={fresh}"]
