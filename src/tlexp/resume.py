@@ -222,7 +222,7 @@ def check_fresh_dir(cfg: DictConfig) -> None:
         return
     state = "a finished run" if (out / METRICS).is_file() else "an interrupted run"
     raise ConfigError(
-        f"{out} already holds {state} (its {RUN_CONFIG} and checkpoints); a new run there would mix with it. "
+        f"{out} already holds {state} (its {RUN_CONFIG} is there); a new run would mix its files with that run's. "
         f"To continue that run: resume={out}. To train again: pass another hydra.run.dir=..., or remove {out}."
     )
 
