@@ -22,6 +22,8 @@ from tlexp.errors import ConfigError
 from tlexp.evidence import feature_evidence, knn_predict, stratified_folds
 from tlexp.train import train
 
+from .conftest import compose_cfg
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -301,3 +303,19 @@ def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
 def test_auto_pilots_refuse_more_than_one_process(tiny_cfg):
     with pytest.raises(ConfigError, match="pilots judge per-image val verdicts in one process"):
         train(tiny_cfg("strategy=auto", "trainer=ddp_cpu"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "strategy"),
+    [
+        ([], "lp_ft"),  # the main job: Fashion-MNIST
+        (["dataset=imagefolder"], "auto"),  # a user's own images: the choice is measured
+        (["dataset=csv"], "auto"),
+        (["dataset=imagefolder", "strategy=finetune"], "finetune"),  # the command line still chooses
+        (["strategy=gradual", "dataset=csv"], "gradual"),
+        (["dataset=imagefolder", "hparams_search=gradual_optuna"], "gradual"),
+        (["dataset=synthetic"], "lp_ft"),
+    ],
+)
+def test_own_images_default_to_auto_and_a_strategy_given_wins(overrides, strategy):
+    assert compose_cfg(*overrides).strategy.name == strategy
