@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import tlexp.train as train_module
 from tlexp import auto
 from tlexp.auto import Standing, better_half, choose, explain, paired_noise, still_open
+from tlexp.build import check_config
 from tlexp.data import TransferDataModule
 from tlexp.errors import ConfigError
 from tlexp.evidence import feature_evidence, knn_predict, stratified_folds
@@ -303,6 +304,14 @@ def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
 def test_auto_pilots_refuse_more_than_one_process(tiny_cfg):
     with pytest.raises(ConfigError, match="pilots judge per-image val verdicts in one process"):
         train(tiny_cfg("strategy=auto", "trainer=ddp_cpu"))
+
+
+def test_own_images_under_ddp_are_refused_for_auto_before_the_data_is_read(tmp_path):
+    # own images default to auto; under DDP that is refused at once, not after scanning the folder
+    cfg = compose_cfg("dataset=imagefolder", f"dataset.root={tmp_path / 'nope'}", "trainer=ddp_cpu")
+    with pytest.raises(ConfigError, match="pilots judge per-image val verdicts in one process"):
+        check_config(cfg)
+    check_config(compose_cfg("dataset=imagefolder", f"dataset.root={tmp_path}", "trainer=ddp_cpu", "strategy=finetune"))
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tlexp.accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision
+from tlexp.accel import gpus_on_node, prepare_backbone, processes_per_run, resolve_channels_last, resolve_precision
 from tlexp.build import build_datamodule, check_config
 from tlexp.data.batch_augment import BatchAugment
 from tlexp.data.datamodule import auto_workers
@@ -51,6 +51,10 @@ def test_loader_workers_auto_keeps_cpu_cores_for_the_model(tmp_path):
     assert gpus_on_node("cpu", 1, cuda_available=True) == 0 and gpus_on_node("gpu", 1, cuda_available=False) == 0
     assert gpus_on_node("gpu", 1, cuda_available=True) == 1 and gpus_on_node("gpu", [0, 2], cuda_available=True) == 2
     assert gpus_on_node("gpu", "0,1,3", cuda_available=True) == 3
+    assert processes_per_run({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}) == 2
+    assert processes_per_run({"accelerator": "cpu", "devices": "auto"}) == 1
+    assert processes_per_run({"accelerator": "gpu", "devices": -1, "num_nodes": 2}, cuda_available=False) == 2
+    assert processes_per_run({"accelerator": "gpu", "devices": [0, 1], "num_nodes": 2}, cuda_available=True) == 4
     assert gpus_on_node("gpu", compose_cfg("trainer=gpu", "trainer.devices=[0,1]").trainer.devices, True) == 2
     pre = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
     cfg = compose_cfg("dataset=synthetic")

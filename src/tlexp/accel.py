@@ -70,6 +70,15 @@ def gpus_on_node(accelerator: str, devices, cuda_available: bool | None = None) 
     return max(1, torch.cuda.device_count())  # -1, "auto", "-1": all of them
 
 
+def processes_per_run(trainer: dict, cuda_available: bool | None = None) -> int:
+    """The training processes a Trainer with this config starts, where the config alone tells (1 otherwise)."""
+    devices = trainer.get("devices", 1)
+    per_node = gpus_on_node(trainer.get("accelerator", "cpu"), devices, cuda_available)
+    if not per_node:  # on the CPU only an explicit count starts several processes
+        per_node = devices if isinstance(devices, int) and devices > 0 else 1
+    return per_node * max(1, int(trainer.get("num_nodes", 1) or 1))
+
+
 def resolve_precision(
     precision, accelerator: str, cuda_available: bool | None = None, bf16_supported: bool | None = None
 ) -> str:

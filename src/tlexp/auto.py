@@ -193,6 +193,12 @@ def candidates(strategy: dict) -> list[dict]:
     return [load_strategy(name) for name in names]
 
 
+ONE_PROCESS = (
+    "strategy=auto's pilots judge per-image val verdicts in one process; with more than one (DDP) pick the "
+    "strategy yourself, run `python -m tlexp.advise` on one device first, or use strategy.budget=0."
+)
+
+
 def uses_pilots(strategy: dict) -> bool:
     return is_auto(strategy) and float(strategy.get("budget", 0)) > 0
 

@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from . import auto
-from .accel import gpus_on_node, prepare_backbone, resolve_channels_last, resolve_precision, resolve_threads
+from .accel import (
+    gpus_on_node,
+    prepare_backbone,
+    processes_per_run,
+    resolve_channels_last,
+    resolve_precision,
+    resolve_threads,
+)
 from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .data import TransferDataModule
@@ -123,6 +130,8 @@ def check_config(cfg: DictConfig) -> None:
     strategy = plain(cfg.strategy)
     if auto.is_auto(strategy):
         auto.decide(1, 1, strategy.get("feature_extraction_below", 500), strategy.get("finetune_above", 2000))
+        if auto.uses_pilots(strategy) and processes_per_run(plain(cfg.trainer)) > 1:  # before the data is scanned
+            raise ConfigError(auto.ONE_PROCESS)
     else:
         check_strategy(strategy)
     if not float(cfg.get("epoch_scale", 1.0)) > 0:

@@ -152,10 +152,7 @@ def select(cfg: DictConfig, callbacks: list | None = None) -> Run:
         runs[name] = build_run(candidate_cfg(cfg, name, out), [*(callbacks or []), best[name]])
         built_rng[name] = rng_states()  # where a plain run of this strategy starts its fit
     if next(iter(runs.values())).trainer.world_size > 1:  # each rank would judge its own shard of val
-        raise ConfigError(
-            "strategy=auto's pilots judge per-image val verdicts in one process; with more than one (DDP) pick the "
-            "strategy yourself, run `python -m tlexp.advise` on one device first, or use strategy.budget=0."
-        )
+        raise ConfigError(auto.ONE_PROCESS)
     head_only = [n for n in names if head_only_epochs(runs[n]) == runs[n].schedule.total_epochs]
     pilots = {n: Pilot(n, runs[n], best[n]) for n in names if n not in head_only}
     standings, features = {}, None
