@@ -215,10 +215,10 @@ def check_resume_argv(argv: list[str]) -> None:
 
 
 def check_fresh_dir(cfg: DictConfig) -> None:
-    """A new single run must not start in a directory that holds another run: its checkpoints and metrics.json
-    would stay beside the new ones, and a later resume would continue (or read back) the wrong run."""
+    """A new single run (not a resume) must not start in a directory that holds another run: its checkpoints and
+    metrics.json would stay beside the new ones, and a later resume would continue (or read back) the wrong run."""
     out = Path(str(cfg.output_dir))
-    if cfg.get("resume") or not (out / RUN_CONFIG).is_file():
+    if not (out / RUN_CONFIG).is_file():
         return
     state = "a finished run" if (out / METRICS).is_file() else "an interrupted run"
     raise ConfigError(
