@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -70,3 +72,37 @@ def test_cache_off_computes_the_probe_features_without_writing_them(tmp_path, ti
     cfg = _cfg(tmp_path, tiny_weights, "run", "strategy=lp_ft", "strategy.phases.0.epochs=1", "cache.mode=off")
     metrics = train(cfg)
     assert metrics["head_init"]["val_acc"] > 0 and not (tmp_path / "cache").exists()
+
+
+def _payloads(store_dir):
+    from tlexp.features import FeatureStore
+
+    store = FeatureStore(store_dir)
+    return [store.load(p.stem) for p in sorted(store.root.glob("*.pt"))]
+
+
+def test_probe_views_fit_the_probe_on_augmented_views_as_well(tmp_path, tiny_weights):
+    seen = HeadAtFitStart()
+    overrides = ("strategy=lp_ft", "strategy.phases.0.epochs=1", "strategy.probe_views=2", "augment.enabled=true")
+    metrics = train(_cfg(tmp_path, tiny_weights, "run", *overrides), callbacks=[seen])
+    assert metrics["head_init"]["views"] == 2
+    payloads = _payloads(tmp_path / "cache")
+    assert len(payloads) == 4  # train (eval transform), its two augmented views, val
+    n_train = metrics["dataset_sizes"]["train"]
+    parts = [(p["features"], p["labels"]) for p in payloads if len(p["labels"]) == n_train]
+    (val,) = [(p["features"], p["labels"]) for p in payloads if len(p["labels"]) != n_train]
+    assert len(parts) == 3 and not torch.equal(parts[1][0], parts[2][0])
+    # The head is the probe fitted on all three together (the cache's file order is a hash's: try each order).
+    fits = [
+        fit_probe((torch.cat([x for x, _ in order]), torch.cat([y for _, y in order])), val, metrics["num_classes"])
+        for order in itertools.permutations(parts)
+    ]
+    assert any(torch.allclose(seen.weight, fit["weight"], atol=1e-5) for fit in fits)
+    clean_only = [fit_probe(part, val, metrics["num_classes"])["weight"] for part in parts]
+    assert not any(torch.allclose(seen.weight, w, atol=1e-5) for w in clean_only)
+
+
+def test_without_augmentation_the_probe_fits_the_clean_features_alone(tmp_path, tiny_weights):
+    overrides = ("strategy=lp_ft", "strategy.phases.0.epochs=1", "strategy.probe_views=2", "augment.enabled=false")
+    metrics = train(_cfg(tmp_path, tiny_weights, "run", *overrides))
+    assert metrics["head_init"]["views"] == 0 and len(_payloads(tmp_path / "cache")) == 2

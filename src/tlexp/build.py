@@ -310,7 +310,19 @@ def init_head(run: Run) -> dict | None:
         log.warning("head_init=probe skipped: %s", why)
         return {"skipped": why}
     features = run.cache or eval_features(plain(cfg.cache), dm, run.module.backbone, cfg.model.name)
-    result = probe_head(run.module.head[-1], features.features("train"), features.features("val"), dm.num_classes)
-    log.info("head_init=probe: head set to the linear probe (L2 %.0e, val acc %.4f, %.1f s)", result["l2"],
-             result["val_acc"], result["seconds"])  # fmt: skip
-    return result
+    views = int(run.strategy.get("probe_views", 0)) if dm.augment.get("enabled", True) else 0
+    train = probe_train_set(features, views)
+    result = probe_head(run.module.head[-1], train, features.features("val"), dm.num_classes)
+    log.info("head_init=probe: head set to the linear probe (L2 %.0e, val acc %.4f, %d augmented views, %.1f s)",
+             result["l2"], result["val_acc"], views, result["seconds"])  # fmt: skip
+    return {**result, "views": views}
+
+
+def probe_train_set(features: FeatureCache, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train features the probe fits: the eval transform's, plus `views` augmented views of each image.
+
+    A head that goes on to train on augmented images must fit them too: a probe fitted on clean images alone
+    can be sure and wrong on augmented ones, and its first large losses wreck the pretrained features.
+    """
+    parts = [features.features("train"), *(features.features("train", view) for view in range(views))]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])

@@ -266,6 +266,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "strategy.layer_decay": number(0, 1, example=0.8, lo_open=True),
         "strategy.bn": choice(*BN_MODES),
         "strategy.head_init": choice(*HEAD_INITS),
+        "strategy.probe_views": integer(0, example=4),
         "strategy.phases": Rule(
             lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(p, dict) for p in v),
             "a non-empty list of phases {name, epochs, train, lr}",
