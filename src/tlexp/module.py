@@ -67,7 +67,9 @@ class TransferModule(L.LightningModule):
         }
         if num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-        base = MetricCollection(metrics)
+        # No compute groups: torchmetrics merges metrics whose states match after the first batch (top-5
+        # accuracy and macro F1 when that batch is all right), and the merged F1 then reads top-5's counts.
+        base = MetricCollection(metrics, compute_groups=False)
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
         self.test_metrics = base.clone(prefix="test/")
