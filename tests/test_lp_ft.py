@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.errors import ConfigError
+from tlexp.features import FeatureStore
 from tlexp.linear_probe import fit_probe, init_head
 from tlexp.train import train
 
@@ -33,6 +34,11 @@ def test_folded_probe_weights_give_the_standardised_probe_logits():
     assert acc == pytest.approx(result["val_acc"]) and acc > 0.9
 
 
+def _payloads(store_dir):
+    store = FeatureStore(store_dir)
+    return [store.load(p.stem) for p in sorted(store.root.glob("*.pt"))]
+
+
 class HeadAtFitStart(Callback):
     def on_fit_start(self, trainer, pl_module):
         self.weight = pl_module.head[-1].weight.detach().clone()
@@ -47,10 +53,7 @@ def test_lp_ft_starts_fine_tuning_from_the_probe_head(tmp_path, tiny_weights):
     assert metrics["phases"][0]["train"][-1] == "head" and len(metrics["phases"][0]["train"]) > 2  # all groups
     assert seen.features is None  # the probe's features feed no training epoch
     # The head at the first step is the probe fitted on the cached train features, L2 chosen on val.
-    from tlexp.features import FeatureStore
-
-    store = FeatureStore(tmp_path / "cache")
-    payloads = [store.load(p.stem) for p in sorted(store.root.glob("*.pt"))]
+    payloads = _payloads(tmp_path / "cache")
     assert len(payloads) == 2  # train and val, eval transform; test is never touched by the probe
     by_size = sorted(payloads, key=lambda p: len(p["labels"]))
     val, train_ = ((p["features"], p["labels"]) for p in by_size)
@@ -72,13 +75,6 @@ def test_cache_off_computes_the_probe_features_without_writing_them(tmp_path, ti
     cfg = _cfg(tmp_path, tiny_weights, "run", "strategy=lp_ft", "strategy.phases.0.epochs=1", "cache.mode=off")
     metrics = train(cfg)
     assert metrics["head_init"]["val_acc"] > 0 and not (tmp_path / "cache").exists()
-
-
-def _payloads(store_dir):
-    from tlexp.features import FeatureStore
-
-    store = FeatureStore(store_dir)
-    return [store.load(p.stem) for p in sorted(store.root.glob("*.pt"))]
 
 
 def test_probe_views_fit_the_probe_on_augmented_views_as_well(tmp_path, tiny_weights):

@@ -15,7 +15,8 @@ def test_macro_f1_counts_a_mistake_made_after_a_perfect_first_batch():
     classes = 8  # > 5: top-5 accuracy is reported too
     module = TransferModule(TINY, num_classes=classes, weights="none")
     y = torch.arange(classes).repeat(8)
-    logits = torch.nn.functional.one_hot(y, classes).float() * 6 + torch.randn(len(y), classes) * 0.1
+    noise = torch.randn(len(y), classes, generator=torch.Generator().manual_seed(0)) * 0.1
+    logits = torch.nn.functional.one_hot(y, classes).float() * 6 + noise
     logits[-1] = torch.nn.functional.one_hot((y[-1] + 1) % classes, classes).float() * 9  # the one mistake, last
     for batch in range(0, len(y), 16):  # the first batch is all right
         module.test_metrics.update(logits[batch : batch + 16], y[batch : batch + 16])
