@@ -310,7 +310,7 @@ def init_head(run: Run) -> dict | None:
         log.warning("head_init=probe skipped: %s", why)
         return {"skipped": why}
     features = run.cache or eval_features(plain(cfg.cache), dm, run.module.backbone, cfg.model.name)
-    views = int(run.strategy.get("probe_views", 0)) if dm.augment.get("enabled", True) else 0
+    views = int(run.strategy.get("probe_views", 0)) if dm.augmented else 0
     train = probe_train_set(features, views)
     result = probe_head(run.module.head[-1], train, features.features("val"), dm.num_classes)
     log.info("head_init=probe: head set to the linear probe (L2 %.0e, val acc %.4f, %d augmented views, %.1f s)",

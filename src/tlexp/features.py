@@ -250,7 +250,7 @@ class FeatureCache:
             raise ConfigError(f"cache.views must be a whole number >= 0 (0 = no augmentation), got {views!r}.")
         self.dm, self.backbone, self.model_name = datamodule, backbone, model_name
         self.cached_epochs, self.all_cached = cached_epochs, all_cached
-        self.views = views if datamodule.augment.get("enabled", True) else 0
+        self.views = views if datamodule.augmented else 0
         self.store = store
         self._weights: str | None = None
         self._memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -189,8 +189,13 @@ class TransferDataModule(L.LightningDataModule):
     # ------------------------------------------------------------ transforms and loaders
 
     @property
+    def augmented(self) -> bool:
+        """Whether training images are augmented (augment.enabled); if not, they take the eval transform."""
+        return bool(self.augment.get("enabled", True))
+
+    @property
     def train_transform(self):
-        if not self.augment.get("enabled", True):
+        if not self.augmented:
             return self.eval_transform
         return train_transform(self.image_size, self.mean, self.std, self.interpolation, self.augment, self.on_device)
 
