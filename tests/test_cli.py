@@ -86,4 +86,4 @@ def test_a_new_run_into_a_dir_holding_a_run_is_refused_and_the_run_kept(tmp_path
     state = "a finished run" if finished else "an interrupted run"
     assert f"tlexp error: {run} already holds {state}" in proc.stderr and f"resume={run}" in proc.stderr
     assert all(path.read_text() == text for path, text in files.items())
-    assert not (run / "tensorboard").exists()
+    assert sorted(p.name for p in run.iterdir()) == sorted({p.relative_to(run).parts[0] for p in files})

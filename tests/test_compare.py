@@ -162,3 +162,18 @@ def test_compare_runs_the_sweep_and_writes_every_report_file(tmp_path, tiny_weig
     assert all((run / "metrics.json").stat().st_mtime_ns == written[run] for run in runs[1:])
     assert json.loads((runs[0] / "metrics.json").read_text())["resumed"] is True
     assert len(json.loads((tmp_path / "comparison.json").read_text())["runs"]) == 8
+
+
+def test_report_reads_the_runs_own_config_and_says_when_epochs_were_scaled(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "0_gradual_m", "gradual", 0, 0.80)
+    _fake_run(runs, "1_gradual_m", "gradual", 1, 0.84)
+    for name in ("0_gradual_m", "1_gradual_m"):  # Hydra's copy was rewritten by a later start; tlexp's was not
+        (runs / name / "config.yaml").write_text("strategy:\n  name: gradual\nseed: 0\nepoch_scale: 0.25\n")
+        (runs / name / ".hydra" / "config.yaml").write_text("strategy:\n  name: finetune\nseed: 0\n")
+    write_report(runs, tmp_path)
+    text = (tmp_path / "comparison.md").read_text()
+    assert "Shortened runs: every phase's epochs x0.25 (epoch_scale)." in text
+    assert "| gradual |" in text and "| finetune |" not in text
+    rows = json.loads((tmp_path / "comparison.json").read_text())["runs"]
+    assert [r["epoch_scale"] for r in rows] == [0.25, 0.25]

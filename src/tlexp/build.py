@@ -31,6 +31,7 @@ from .accel import (
 )
 from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
+from .claim import release
 from .data import TransferDataModule
 from .ema import WeightEMA
 from .errors import ConfigError
@@ -167,6 +168,7 @@ def start_output(cfg: DictConfig, resume_from: Path | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         write_text(out / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        release(out)  # config.yaml marks the directory as a run's from now on
     return out
 
 

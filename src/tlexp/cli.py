@@ -59,11 +59,12 @@ def _check_dataset_choice(config_name: str, overrides: list[str]) -> None:
     )
 
 
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
-    """conf/<config_name>.yaml with `overrides`; Hydra's and OmegaConf's errors become one ConfigError line."""
+def compose_config(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """conf/<config_name>.yaml with `overrides` (and Hydra's own settings, `hydra`, when asked for); Hydra's and
+    OmegaConf's errors become one ConfigError line."""
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"{one_line(err)}{_close_keys(err, config_name)} (in: {' '.join(overrides)})") from err
 

@@ -26,6 +26,7 @@ from .cli import parse_args, run_dir_of
 from .data import TransferDataModule
 from .errors import ConfigError, DataError, exit_on_user_error
 from .inference import load_trained
+from .resume import RUN_CONFIG
 
 log = logging.getLogger("tlexp")
 BINS = 15
@@ -204,7 +205,7 @@ def dataset_config(cfg, ckpt: Path) -> dict:
     """The dataset asked for on the command line, else the one the checkpoint's run was trained on."""
     if cfg.get("dataset") is not None:
         return OmegaConf.to_container(cfg.dataset, resolve=True)
-    saved = run_dir_of(ckpt) / ".hydra" / "config.yaml"
+    saved = run_dir_of(ckpt) / RUN_CONFIG  # tlexp's own record: Hydra's files are rewritten by any start in the dir
     if saved.is_file():
         return OmegaConf.to_container(OmegaConf.load(saved).dataset, resolve=True)
     raise ConfigError(

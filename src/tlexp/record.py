@@ -56,6 +56,7 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "preprocessing": run.preprocessing,
         "precision": precision_ran(run.trainer),
         "precision_requested": str(cfg.trainer.get("precision", "32-true")),
+        "world_size": run.trainer.world_size,  # processes that trained (DDP); the batch is per process
         "channels_last": run.channels_last,
         "compile": bool(cfg.get("compile", False)),
         "seed": cfg.seed,
@@ -132,6 +133,8 @@ def print_summary(metrics: dict, out: Path) -> None:
     if probe:
         how = f"L-BFGS, L2 {probe['l2']:g} chosen on val, {probe['seconds']} s"
         rows.append(("linear probe acc", f"{probe['test']['acc']:.4f} ({how})"))
+    if metrics.get("checkpoint"):
+        rows.append(("best checkpoint", metrics["checkpoint"]))  # for predict / evaluate / export
     rows.append(("run dir", str(out)))
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n", flush=True)

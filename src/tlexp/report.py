@@ -13,10 +13,12 @@ from omegaconf import OmegaConf
 from .atomic import atomic_open, write_text
 from .auto import decide
 from .errors import ConfigError
+from .resume import RUN_CONFIG
 
 COLUMNS = [
     "run", "dataset", "strategy", "picked", "seed", "train_images", "test_acc", "test_f1", "fit_seconds", "cache",
-    "test_seconds", "trainable_params", "total_params", "epochs", "best_epoch", "best_val_acc", "machine",
+    "test_seconds", "trainable_params", "total_params", "epochs", "epoch_scale", "best_epoch", "best_val_acc",
+    "machine",
 ]  # fmt: skip
 ORDER = ["scratch", "feature_extraction", "finetune", "gradual", "lp_ft", "auto"]
 # The playbook's test accuracy per strategy (its ten-class equipment photos, about 1,000 training images), shown
@@ -31,7 +33,8 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
     for config in configs:
         run = config.parent.parent
         name = run.relative_to(root).as_posix()  # unique also where runs sit in folders of their own
-        cfg = OmegaConf.load(config)
+        own = run / RUN_CONFIG  # tlexp's record of the run; Hydra's copy only where the run failed before it
+        cfg = OmegaConf.load(own if own.is_file() else config)
         strategy = str(OmegaConf.select(cfg, "strategy.name", default="?"))
         seed = OmegaConf.select(cfg, "seed", default=None)
         metrics_file, error_file = run / "metrics.json", run / "error.json"
@@ -55,6 +58,7 @@ def collect(root: Path) -> tuple[list[dict], list[dict]]:
                     "trainable_params": m["trainable_params"],
                     "total_params": m["total_params"],
                     "epochs": m["epochs"],
+                    "epoch_scale": float(OmegaConf.select(cfg, "epoch_scale", default=1.0)),
                     "best_epoch": m.get("best_epoch"),
                     "best_val_acc": m.get("best_val_acc"),
                     "history": m.get("history", []),
@@ -127,6 +131,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                 "trainable_params": rs[0]["trainable_params"],
                 "total_params": rs[0]["total_params"],
                 "epochs": rs[0]["epochs"],
+                "epoch_scales": sorted({r.get("epoch_scale", 1.0) for r in rs}),
                 "best_epoch_mean": _mean_std([r["best_epoch"] for r in rs])[0],
                 "best_val_acc_mean": _mean_std([r.get("best_val_acc") for r in rs])[0],
             }
@@ -168,9 +173,15 @@ def cell_markdown(here: list[dict]) -> list[str]:
     """One dataset x size: the table, what the size rule and auto made of it, and what the cell cost."""
     dataset, size, classes = here[0]["dataset"], here[0]["train_images"], here[0].get("num_classes") or 0
     title = f"{dataset}: " if dataset else ""
+    scales = sorted({x for s in here for x in s.get("epoch_scales", [1.0]) if x != 1.0})
     lines = [
         f"### {title}{size} training images" + (f", {classes} classes" if classes else ""),
         "",
+        *(
+            [f"Shortened runs: every phase's epochs x{', x'.join(f'{x:g}' for x in scales)} (epoch_scale).", ""]
+            if scales
+            else []
+        ),  # fmt: skip
         "| approach | fit time | test accuracy | macro F1 | trainable params | epochs | best epoch | runs | playbook |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -214,19 +214,6 @@ def check_resume_argv(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def check_fresh_dir(cfg: DictConfig) -> None:
-    """A new single run (not a resume) must not start in a directory that holds another run: its checkpoints and
-    metrics.json would stay beside the new ones, and a later resume would continue (or read back) the wrong run."""
-    out = Path(str(cfg.output_dir))
-    if not (out / RUN_CONFIG).is_file():
-        return
-    state = "a finished run" if (out / METRICS).is_file() else "an interrupted run"
-    raise ConfigError(
-        f"{out} already holds {state} (its {RUN_CONFIG} is there); a new run would mix its files with that run's. "
-        f"To continue that run: resume={out}. To train again: pass another hydra.run.dir=..., or remove {out}."
-    )
-
-
 def check_resume_overrides(overrides: list[str]) -> None:
     """A resumed run keeps its own config; any other override would silently change it half-way."""
     extra = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("resume", "hydra"))]

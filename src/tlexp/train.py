@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 from .atomic import write_text
 from .auto import uses_pilots
 from .build import Run, build_run, check_config, init_head, plain
-from .cli import precheck
+from .claim import claim_run_dir
+from .cli import compose_config
 from .errors import exit_on_user_error
 from .evaluate import evaluate
 from .linear_probe import linear_probe
@@ -27,7 +28,7 @@ from .lr_find import find_lr
 from .pilots import select
 from .progress import quiet_lightning
 from .record import Outcome, record
-from .resume import check_fresh_dir, check_resume_argv, check_resume_overrides, finished_run, in_place
+from .resume import check_resume_argv, check_resume_overrides, finished_run, in_place
 
 log = logging.getLogger("tlexp")
 
@@ -136,12 +137,16 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
         return None
 
 
-def check_new_run(cfg: DictConfig) -> None:
-    """A single run: its config first (a bad value is the error to show), then whether its directory is free."""
-    if cfg.get("resume"):
-        return
-    check_config(cfg)
-    check_fresh_dir(cfg)
+def start(argv: list[str]) -> list[str]:
+    """Before Hydra writes anything: every check that can refuse the command line (a bad value, a resume that
+    cannot or need not run, a directory that holds a run), then the command line with the claimed run directory.
+    Flags (-m, --cfg, --help) are left to Hydra: a sweep's comma lists do not compose as one config."""
+    check_resume_argv(argv)
+    if not any(a.startswith("-") for a in argv):
+        config = compose_config("train", argv)
+        if not config.get("resume"):
+            check_config(config)
+    return claim_run_dir(argv)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="train")
@@ -150,11 +155,9 @@ def main(cfg: DictConfig) -> float | None:
         exit_on_user_error(check_resume_overrides)(list(HydraConfig.get().overrides.task))
     if _in_sweep():
         return train_in_sweep(cfg)
-    exit_on_user_error(check_new_run)(cfg)
     return objective(cfg, exit_on_user_error(train)(cfg))
 
 
 if __name__ == "__main__":
-    precheck("train")
-    check_resume_argv(sys.argv[1:])  # before Hydra, which creates the run dir and appends to its log
+    sys.argv[1:] = exit_on_user_error(start)(sys.argv[1:])
     main()

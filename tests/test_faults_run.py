@@ -1,0 +1,137 @@
+"""Faults of a run as a user starts it (issue 27): multi-process training from the command line, refusals that
+write nothing, and claims on a run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tlexp.claim import CLAIM, claim_run_dir
+from tlexp.errors import ConfigError
+
+from .test_cli import ROOT, run_cli
+
+TINY_RUN = ("model=test_resnet", "dataset=synthetic", "data.batch_size=16", "trainer.enable_progress_bar=false")
+
+
+def _tree(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_ddp_from_the_command_line_trains_and_resumes_after_kill_9(tmp_path, tiny_weights):
+    """`trainer=ddp_cpu` as a user types it: Lightning starts rank 1 by running the command again into the same
+    run directory; killed after its first epoch, `resume=` continues it to the end under two processes again."""
+    run = tmp_path / "run"
+    args = [
+        *TINY_RUN,
+        "trainer=ddp_cpu",
+        f"model.weights={tiny_weights}",
+        "strategy=feature_extraction",
+        "strategy.phases.0.epochs=3",
+        "cache.mode=off",
+        "report.enabled=false",
+        f"hydra.run.dir={run}",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tlexp.train", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # both ranks: they share the session
+    _, err = first.communicate()
+    assert last.is_file(), err[-3000:]
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+
+    resumed = run_cli(f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["world_size"] == 2
+    assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran, in the same directory
+    assert not (run / CLAIM).exists()
+
+
+def test_a_refused_run_leaves_the_hydra_files_and_log_of_the_run_it_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    for name, text in {
+        "config.yaml": "seed: 3\n",
+        ".hydra/config.yaml": "dataset: {name: mine}\n",
+        ".hydra/overrides.yaml": "- seed=3\n",
+        ".hydra/hydra.yaml": "hydra: {}\n",
+        "train.log": "the first run's log\n",
+    }.items():
+        (run / name).write_text(text)
+    before = _tree(run)
+    proc = run_cli("dataset=synthetic", f"hydra.run.dir={run}", timeout=60)
+    assert proc.returncode == 2 and "already holds an interrupted run" in proc.stderr
+    assert "nothing was written" in proc.stderr
+    assert _tree(run) == before
+
+
+def test_a_bad_value_writes_no_run_directory(tmp_path):
+    proc = run_cli("strategy=finetune", "epoch_scale=0", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert proc.returncode == 2 and "epoch_scale" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_directory_claimed_by_a_running_process_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CLAIM).write_text(f"{os.uname().nodename} {os.getpid()}\n")  # this test's process: alive
+    with pytest.raises(ConfigError, match=f"claimed a moment ago by another run that is still running.*{os.getpid()}"):
+        claim_run_dir([f"hydra.run.dir={run}"])
+    assert os.listdir(run) == [CLAIM]
+
+
+def test_a_claim_left_by_a_process_that_ended_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / CLAIM).write_text(f"{os.uname().nodename} {gone.stdout.strip()}\n")
+    assert claim_run_dir([f"hydra.run.dir={run}"]) == [f"hydra.run.dir={run}"]
+    assert (run / CLAIM).read_text().split() == [os.uname().nodename, str(os.getpid())]
+
+
+def test_two_runs_in_the_same_second_get_two_default_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = claim_run_dir(["strategy=finetune"])
+    second = claim_run_dir(["strategy=finetune"])
+    (one,), (two,) = first[-1:], second[-1:]
+    assert one.startswith("hydra.run.dir=outputs/") and one.endswith("_finetune_efficientnet_lite0")
+    if one != two:  # unless the clock ticked over between the two calls
+        assert two == f"{one}_2"
+    assert Path(one.split("=", 1)[1], CLAIM).is_file()
+
+
+def test_ranks_above_zero_join_the_directory_rank_zero_claimed(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 1\n")  # rank 0 has started the run
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert claim_run_dir([f"hydra.run.dir={run}"]) == [f"hydra.run.dir={run}"]
+
+
+def test_evaluate_reads_the_dataset_from_the_runs_own_config_not_hydras(tmp_path):
+    from omegaconf import OmegaConf
+
+    from tlexp.evaluate import dataset_config
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "config.yaml").write_text("dataset: {name: synthetic, source: synthetic}\n")
+    (run / ".hydra" / "config.yaml").write_text("dataset: {name: imagefolder, root: /elsewhere}\n")  # a later start
+    assert dataset_config(OmegaConf.create({}), run / "checkpoints" / "best.ckpt")["name"] == "synthetic"
