@@ -135,3 +135,86 @@ def test_evaluate_reads_the_dataset_from_the_runs_own_config_not_hydras(tmp_path
     (run / "config.yaml").write_text("dataset: {name: synthetic, source: synthetic}\n")
     (run / ".hydra" / "config.yaml").write_text("dataset: {name: imagefolder, root: /elsewhere}\n")  # a later start
     assert dataset_config(OmegaConf.create({}), run / "checkpoints" / "best.ckpt")["name"] == "synthetic"
+
+
+# ------------------------------------------------------------ resume and the run's config.yaml
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, tiny_weights) -> Path:
+    """A run stopped after its last epoch's checkpoint, before its record (metrics.json) was written."""
+    from tlexp.train import train
+
+    from .conftest import compose_cfg
+
+    tmp = tmp_path_factory.mktemp("interrupted")
+    cfg = compose_cfg(
+        *TINY_RUN,
+        f"model.weights={tiny_weights}",
+        "data.num_workers=0",
+        "report.enabled=false",
+        "report.train_batch_preview=0",
+        "strategy=feature_extraction",
+        "strategy.phases.0.epochs=1",
+        "cache.mode=off",
+        "trainer.limit_train_batches=2",
+        f"output_dir={tmp / 'run'}",
+    )
+    train(cfg)
+    (tmp / "run" / "metrics.json").unlink()
+    return tmp / "run"
+
+
+@pytest.fixture
+def stopped(interrupted, tmp_path) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda t: t.replace("test_resnet.r160_in1k", "resnet18"), "model.name differ from the config saved"),
+        (lambda t: t + "strategy: [unclosed\n", "is not valid YAML"),
+    ],
+    ids=["another_model", "invalid_yaml"],
+)
+def test_resume_after_config_yaml_was_edited_is_refused_and_writes_nothing(stopped, edit, said):
+    config = stopped / "config.yaml"
+    config.write_text(edit(config.read_text()))
+    before = _tree(stopped)
+    proc = run_cli(f"resume={stopped}", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert said in proc.stderr and "delete it (resume then restores the config saved in last.ckpt)" in proc.stderr
+    assert _tree(stopped) == before
+
+
+def test_resume_after_config_yaml_was_deleted_restores_it_from_the_checkpoint(stopped, interrupted):
+    (stopped / "config.yaml").unlink()
+    proc = run_cli(f"resume={stopped}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{stopped / 'config.yaml'} was missing; restored from last.ckpt" in proc.stderr
+    assert (stopped / "config.yaml").read_text() == (interrupted / "config.yaml").read_text()
+    assert json.loads((stopped / "metrics.json").read_text())["resumed"] is True
+
+
+def test_resume_of_a_folder_with_neither_config_nor_checkpoints_says_it_is_not_a_run(tmp_path):
+    proc = run_cli(f"resume={tmp_path}", timeout=60)
+    assert proc.returncode == 2 and "neither config.yaml nor checkpoints/ there" in proc.stderr
+
+
+def test_the_first_epoch_after_a_mid_epoch_resume_is_timed_from_the_start_of_training(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from tlexp import progress
+
+    clock = iter([1000.0, 1002.5])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    trainer = SimpleNamespace(is_global_zero=True, current_epoch=3, max_epochs=5, callback_metrics={})
+    bar = progress.PlainProgress()
+    bar.on_train_start(trainer, None)  # resumed inside epoch 4: no on_train_epoch_start comes
+    bar.on_train_epoch_end(trainer, None)
+    assert capsys.readouterr().out.strip() == "epoch 4/5  2.5 s"

@@ -263,7 +263,12 @@ def build_trainer(cfg: DictConfig, out: Path, schedule: PhaseSchedule, best: Mod
     # after `best` (Lightning keeps checkpoint callbacks in their order, after the others), so that it holds the
     # best-so-far state of this epoch too.
     every_epoch = ModelCheckpoint(dirpath=last.parent, filename=last.stem, enable_version_counter=False)
-    keep = [every_epoch, RunState(out, last), StopOnNonFinite(schedule, last), RequireTraining()]
+    keep = [
+        every_epoch,
+        RunState(out, last, (out / RUN_CONFIG).read_text()),
+        StopOnNonFinite(schedule, last),
+        RequireTraining(),
+    ]
     ema = [WeightEMA(cfg.ema, schedule.total_epochs)] if cfg.get("ema") else []
     progress = plain_progress(args, schedule)  # off a terminal: a line per epoch instead of the bar
     shown = cfg.report.train_batch_preview

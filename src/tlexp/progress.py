@@ -46,6 +46,10 @@ class PlainProgress(Callback):
             return epoch
         return f"phase {self.schedule.phases[self.schedule.current].name}  {epoch}"
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A run resumed mid-epoch starts inside an epoch: Lightning calls no on_train_epoch_start for it.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._last_line = time.perf_counter()
         self._loss_sum, self._batches = 0.0, 0

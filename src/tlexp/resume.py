@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import write_text
 from .errors import ConfigError
 
 RUN_CONFIG = "config.yaml"  # the resolved config of a run, written at its start; resume reads it
@@ -136,8 +137,11 @@ def resume_checkpoint(run: Path, resume_from: str = "last") -> Path:
     """The checkpoint a resume of `run` continues from; ConfigError (one message) when there is none to use."""
     if not run.is_dir():
         raise ConfigError(f"resume={run}: no such directory. Pass the run directory of an earlier run.")
-    if not (run / RUN_CONFIG).is_file():
-        raise ConfigError(f"resume={run}: no {RUN_CONFIG} there, so it is not a tlexp run directory.")
+    if not (run / RUN_CONFIG).is_file() and not (run / "checkpoints").is_dir():
+        raise ConfigError(
+            f"resume={run}: neither {RUN_CONFIG} nor checkpoints/ there, so it is not a tlexp run directory. "
+            "Pass the directory a run printed as its run dir."
+        )
     if resume_from not in ("last", "best"):
         raise ConfigError(f"resume_from={resume_from}: choose last (the default) or best.")
     if resume_from == "best":
@@ -185,10 +189,48 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     """The config of the run in `cfg.resume` and the checkpoint to continue from."""
     run = Path(str(cfg.resume)).expanduser()
     ckpt = resume_checkpoint(run, str(cfg.get("resume_from") or "last"))
-    resumed = OmegaConf.load(run / RUN_CONFIG)
+    resumed = run_config(run, ckpt)
     resumed.output_dir = str(run)
     resumed.resume = str(run)
     return resumed, ckpt
+
+
+def started_config(ckpt: Path) -> str | None:
+    """The run's config.yaml as it was when the run started, from its checkpoint (None in checkpoints that
+    predate this record)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    return (state.get("callbacks") or {}).get(RunState.__qualname__, {}).get("config") or None
+
+
+def run_config(run: Path, ckpt: Path) -> DictConfig:
+    """The config a resume continues with: the run's config.yaml, unless it differs from the one the run started
+    with. An edited file is refused (a resume continues a run as it started; half a run under other values would
+    be recorded as one run); a deleted one is restored from the checkpoint."""
+    path, started = run / RUN_CONFIG, started_config(ckpt)
+    how = f"restore it, or delete it (resume then restores the config saved in {ckpt.name})"
+    if not path.is_file():
+        if started is None:
+            raise ConfigError(
+                f"resume={run}: its {RUN_CONFIG} is gone and {ckpt.name} predates the copy tlexp keeps in "
+                f"checkpoints, so the run's config is unknown. Start a new run with the same overrides "
+                f"(they are listed in {run / '.hydra' / 'overrides.yaml'})."
+            )
+        write_text(path, started)
+        print(f"tlexp: {path} was missing; restored from {ckpt.name}.", file=sys.stderr, flush=True)
+        return OmegaConf.create(started)
+    try:
+        current = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - yaml's and OmegaConf's parse errors alike
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"resume={run}: {path} is not valid YAML ({first}); {how}.") from err
+    changed = changed_keys(OmegaConf.create(started), current) if started is not None else []
+    if changed:
+        raise ConfigError(
+            f"resume={run}: {path} was edited after the run started ({', '.join(changed[:6])} differ from the "
+            f"config saved in {ckpt.name}). A resume continues a run with the config it started with: {how}. "
+            "To train with the new values, start a new run."
+        )
+    return current
 
 
 def check_resume_argv(argv: list[str]) -> None:
@@ -208,7 +250,7 @@ def check_resume_argv(argv: list[str]) -> None:
         print(f"\ntlexp: {message}\n", file=sys.stderr, flush=True)
         sys.exit(0)
     try:
-        resume_checkpoint(run, resume_from)
+        run_config(run, resume_checkpoint(run, resume_from))
     except ConfigError as err:
         print(f"\ntlexp error: {err}\n", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -254,12 +296,13 @@ class RunState(Callback):
     would delete the last.ckpt that the every-epoch ModelCheckpoint shares; undoing both is no shorter than this.
     """
 
-    def __init__(self, run_dir: str | Path, last_path: str | Path):
+    def __init__(self, run_dir: str | Path, last_path: str | Path, config: str = ""):
         self.run_dir = Path(run_dir)
         self.last_path = Path(last_path)
+        self.config = config  # the run's config.yaml as it started: resume checks the file against it
 
     def state_dict(self) -> dict:
-        return {"rng": rng_states()}
+        return {"rng": rng_states(), "config": self.config}
 
     def load_state_dict(self, state: dict) -> None:
         if "rng" in state:
