@@ -218,3 +218,31 @@ def test_the_first_epoch_after_a_mid_epoch_resume_is_timed_from_the_start_of_tra
     bar.on_train_start(trainer, None)  # resumed inside epoch 4: no on_train_epoch_start comes
     bar.on_train_epoch_end(trainer, None)
     assert capsys.readouterr().out.strip() == "epoch 4/5  2.5 s"
+
+
+# ------------------------------------------------------------ the command line
+
+
+@pytest.mark.parametrize("metric", ["test_acc", "best_val_accuracy"])
+def test_a_sweep_value_wrong_for_every_trial_is_refused_once_before_the_sweep(tmp_path, metric):
+    proc = run_cli(
+        "-m", "hparams_search=gradual_optuna", f"optimize_metric={metric}", f"hydra.sweep.dir={tmp_path / 's'}"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"tlexp error: optimize_metric={metric}: must be one of best_val_acc, fit_seconds" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_of_several_values_still_checks_its_fixed_ones(tmp_path):
+    proc = run_cli("-m", "strategy=finetune,gradual", "epoch_scale=0", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert proc.returncode == 2 and "epoch_scale=0: must be a number > 0" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value", ["~/photos", "/data/fötos"])
+def test_a_value_hydra_cannot_read_unquoted_gets_the_quoted_override_to_copy(tmp_path, value):
+    proc = run_cli("dataset=imagefolder", f"dataset.root={value}", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"Quote it, with single quotes around for the shell: 'dataset.root=\"{value}\"'" in proc.stderr
+    quoted = run_cli("dataset=imagefolder", f'dataset.root="{value}"', f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert quoted.returncode == 2 and "does not exist" in quoted.stderr  # read now: the folder is just not there

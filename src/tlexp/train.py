@@ -12,6 +12,8 @@ import traceback
 from pathlib import Path
 
 import hydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -140,13 +142,26 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
 def start(argv: list[str]) -> list[str]:
     """Before Hydra writes anything: every check that can refuse the command line (a bad value, a resume that
     cannot or need not run, a directory that holds a run), then the command line with the claimed run directory.
-    Flags (-m, --cfg, --help) are left to Hydra: a sweep's comma lists do not compose as one config."""
+    A multirun is checked once on its fixed values (a value wrong for every run is refused before the sweep);
+    Hydra's other flags (--cfg, --help, ...) are left to Hydra."""
     check_resume_argv(argv)
-    if not any(a.startswith("-") for a in argv):
-        config = compose_config("train", argv)
-        if not config.get("resume"):
-            check_config(config)
-    return claim_run_dir(argv)
+    flags = {a for a in argv if a.startswith("-")}
+    if flags - {"-m", "--multirun"}:
+        return argv
+    config = compose_config("train", fixed_values(argv))
+    if not config.get("resume"):
+        check_config(config)
+    return argv if flags else claim_run_dir(argv)
+
+
+def fixed_values(argv: list[str]) -> list[str]:
+    """The overrides that are one value (not a sweep's comma list, range or interval)."""
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return overrides  # composing them gives the message, with a hint to quote
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tlexp.conf", config_name="train")

@@ -13,6 +13,7 @@ OmegaConf ("Value 'abc' of type 'str' could not be converted to Integer"), not t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -192,6 +193,7 @@ PREPROCESS = {
     "interpolation": choice("bilinear", "bicubic", "nearest") | NULL,
     "crop_pct": number(0, 1, example=0.875, lo_open=True) | NULL,
 }
+OPTIMIZE_METRICS = ("best_val_acc", "fit_seconds")  # fit_seconds: with hydra.sweeper.direction=minimize
 HEAD_INITS = ("none", "probe")  # build.init_head
 SELECTOR = re.compile(r"all|backbone|head|stem|stage\d+|last(:\d+)?")
 
@@ -208,11 +210,12 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "seed": integer(0, 2**32 - 1, example=42),  # Lightning's seed_everything range
         "freeze_mode": choice(*FREEZE_MODES),
         "epoch_scale": number(0, example=0.5, lo_open=True),
+        # what train.objective hands a sweeper: a key of metrics.json that every run writes, never a test figure
         "optimize_metric": Rule(
-            lambda v: isinstance(v, str) and not v.startswith("test"),
-            "a validation key of metrics.json, never on the test set",
+            lambda v: v in OPTIMIZE_METRICS,
+            f"one of {', '.join(OPTIMIZE_METRICS)} (keys of metrics.json; a sweep never selects on the test set)",
             "best_val_acc",
-            ("test.acc", 3),
+            ("test.acc", "best_val_accuracy", 3),
         ),
         "channels_last": AUTO | boolean(),
         "compile": boolean(False),
@@ -496,19 +499,30 @@ def check_writable(path: str | os.PathLike, how_to_fix: str, min_free_mb: float 
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"output location {folder}: {existing} is a file, not a folder. {how_to_fix}")
-    probe = existing / f".tlexp-write-test-{uuid.uuid4().hex}"
-    try:
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as err:
+    err = _write_probe(existing)
+    if err is not None:
         raise ConfigError(f"cannot write to {existing} ({err.strerror or err}). {how_to_fix}") from err
-    finally:
-        probe.unlink(missing_ok=True)
     free_mb = shutil.disk_usage(existing).free / 2**20
     if free_mb < min_free_mb:
         raise ConfigError(
             f"{existing} is full: {free_mb:.1f} MB free, {min_free_mb:g} MB at least needed. "
             f"Free some space, or {how_to_fix[0].lower()}{how_to_fix[1:]}"
         )
+
+
+def _write_probe(folder: Path) -> OSError | None:
+    """Write, flush and remove a small file in `folder`; the error that stopped the write, or None."""
+    probe = folder / f".tlexp-write-test-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return err
+    finally:
+        # Best effort: a read-only mount refuses even to unlink a file that is not there, and that error
+        # would hide the one that says why the folder cannot be written.
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+    return None
