@@ -68,7 +68,8 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
             return compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
         hint = _quote_hint(overrides) if isinstance(err, HydraException) else None
-        raise ConfigError(hint or f"{one_line(err)}{_close_keys(err, config_name)} (in: {' '.join(overrides)})") from err
+        where = f" (in: {' '.join(overrides)})"
+        raise ConfigError(hint or f"{one_line(err)}{_close_keys(err, config_name)}{where}") from err
 
 
 def _quote_hint(overrides: list[str]) -> str | None:
