@@ -10,6 +10,7 @@ It prints the evidence and a train command that keeps your overrides. Test is ne
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import tempfile
 import time
@@ -21,12 +22,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import auto
+from .backbones import create_backbone
 from .build import build_datamodule, load_backbone, plain, preprocessing, replaced
 from .cli import precheck
 from .data import TransferDataModule
+from .data.images import ImageFiles
+from .data.preflight import probe
+from .data.sources import load_source
 from .errors import ConfigError, WeightsUnavailable, exit_on_user_error
 from .evidence import FeatureEvidence, feature_evidence
 from .features import eval_features, extract
+from .inspect import shorter_sides, small_images
 from .pilots import select
 from .validate import config_names, validate_config
 
@@ -57,6 +63,9 @@ def advise(cfg: DictConfig) -> auto.Decision:
             model = f"model={ranking[0].model}"
             cfg = with_model(cfg, ranking[0].model)
     decision = choose(cfg)
+    note = image_size_note(cfg)
+    if note:
+        print(f"\nnote: {note}")
     print(f"\nadvice: {decision.reason}")
     print(f"run it: {train_command(decision.strategy, model)}")
     if decision.method == "evidence":
@@ -79,6 +88,18 @@ def choose(cfg: DictConfig) -> auto.Decision:
         decision = select(replaced(cfg, output_dir=tmp, report=report)).decision
     print_evidence(cfg, decision)
     return decision
+
+
+def image_size_note(cfg: DictConfig, sample: int = 200) -> str | None:
+    """inspect's note on images far smaller than the model's input, from the sizes of up to `sample` files."""
+    if cfg.dataset.source not in ("imagefolder", "csv"):
+        return None  # in-memory data sets (Fashion-MNIST, synthetic) come with their own input size
+    source = load_source(plain(cfg.dataset), strict=False)
+    paths = [p for images in source.splits.values() if isinstance(images, ImageFiles) for p in images.paths]
+    size_hint = (cfg.dataset.get("preprocess") or {}).get("image_size")
+    backbone, _ = create_backbone(cfg.model.name, None, size_hint)  # preprocessing only: no weights needed
+    spread = paths[:: max(1, math.ceil(len(paths) / sample))]  # every class, not the first folder's files
+    return small_images(shorter_sides([probe(p) for p in spread]), preprocessing(cfg, backbone)["image_size"])
 
 
 def rank_backbones(cfg: DictConfig, models: list[str]) -> list[Ranked]:

@@ -8,6 +8,7 @@ stores it on disk under a key that hashes everything that changes it, and serves
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -111,20 +112,42 @@ class FeatureStore:
 
     Writes go to a temp file in the same folder, then `os.replace`: concurrent writers of one key each
     rename a whole file, so a reader sees one complete file or none. A length + sha256 header catches
-    truncated or corrupt files; those are deleted and recomputed, never trusted.
+    truncated or corrupt files; those are deleted and recomputed, never trusted. The cache only saves time:
+    a file that cannot be read is recomputed, and one that cannot be written (a full disk, no permission)
+    leaves the run going on without it, each with a warning.
     """
+
+    FIX = "Set `cache.dir=<a writable folder>` (or TLEXP_CACHE_DIR), or turn the cache off: `cache.mode=off`."
 
     def __init__(self, root: str | Path):
         self.root = Path(os.path.expanduser(str(root)))
+        self._write_warned = False
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
+
+    def check(self) -> None:
+        """Stop before any work when the cache folder can never exist: its path, or a folder above, is a file."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            where = "is" if existing == self.root else f"is inside {existing}, which is"
+            raise ConfigError(f"the feature cache folder {self.root} {where} a file, not a folder. {self.FIX}")
 
     def load(self, key: str) -> dict | None:
         path = self.path(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            return None
+        except OSError as err:  # another user's file, a failing disk: recompute rather than stop
+            log.warning(
+                "cannot read the feature cache file %s (%s): recomputing it. %s",
+                path,
+                err.strerror or err,
+                "Fix its permissions, or `make clean-cache`; or " + self.FIX[0].lower() + self.FIX[1:],
+            )
             return None
         problem = None
         if len(data) < _HEADER or data[: len(MAGIC)] != MAGIC:
@@ -142,32 +165,44 @@ class FeatureStore:
             except Exception as err:  # noqa: BLE001 - any unreadable payload is a corrupt file
                 problem = f"unreadable ({type(err).__name__})"
         log.warning("feature cache file %s is corrupt (%s): recomputing it", path, problem)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # if it cannot be deleted, the rewrite replaces it or warns
+            path.unlink(missing_ok=True)
         return None
 
-    def save(self, key: str, payload: dict) -> Path:
+    def save(self, key: str, payload: dict) -> Path | None:
+        """Write `payload` under `key`; None, with a warning, when it cannot be written (the run goes on)."""
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         body = buffer.getvalue()
         header = MAGIC + len(body).to_bytes(8, "big") + hashlib.sha256(body).digest()
+        tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.root)
-        except OSError as err:
-            raise ConfigError(
-                f"cannot write the feature cache in {self.root} ({err.strerror}). Set `cache.dir=` (or the "
-                "TLEXP_CACHE_DIR environment variable) to a writable folder, or turn the cache off: `cache.mode=off`."
-            ) from err
-        try:
             with os.fdopen(fd, "wb") as f:
                 f.write(header + body)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path(key))
+        except OSError as err:
+            self._warn_unwritable(err)
+            return None
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
         return self.path(key)
+
+    def _warn_unwritable(self, err: OSError) -> None:
+        if self._write_warned:
+            return  # one warning per run: each split would say the same
+        self._write_warned = True
+        log.warning(
+            "cannot write the feature cache in %s (%s): this run goes on without storing its features, so the "
+            "next run computes them again. Free some space there or `make clean-cache`; or %s",
+            self.root,
+            err.strerror or err,
+            self.FIX[0].lower() + self.FIX[1:],
+        )
 
 
 # ---------------------------------------------------------------- computing features
@@ -306,9 +341,9 @@ class FeatureCache:
             images, seed = self.dm.splits[split], 1000 + (view or 0)
             feats, labels = extract(self.backbone, images, transform, self.dm.batch_size, self.dm.num_workers, seed)
             payload = {"features": feats, "labels": labels}
-            self.store.save(key, payload)
+            stored = self.store.save(key, payload)
             self.computed.append(name)
-            log.info("feature cache: computed %s (%d x %d) -> %s", name, *feats.shape, self.store.path(key))
+            log.info("feature cache: computed %s (%d x %d) -> %s", name, *feats.shape, stored or "not stored")
         self._memo[name] = (payload["features"], payload["labels"])
         return self._memo[name]
 
@@ -351,6 +386,8 @@ def feature_cache_for(cfg: dict, phases, freeze_mode: str, datamodule, backbone:
     n = cached_phase_count(phases, str(cfg.get("mode", "auto")), freeze_mode)
     if n == 0:
         return None
+    store = FeatureStore(cfg.get("dir") or "~/.cache/tlexp/features")
+    store.check()
     cache = FeatureCache(
         datamodule,
         backbone,
@@ -358,7 +395,7 @@ def feature_cache_for(cfg: dict, phases, freeze_mode: str, datamodule, backbone:
         cached_epochs=sum(p.epochs for p in phases[:n]),
         all_cached=n == len(phases),
         views=cfg.get("views", 0),
-        store=FeatureStore(cfg.get("dir") or "~/.cache/tlexp/features"),
+        store=store,
     )
     datamodule.features = cache
     return cache
@@ -370,12 +407,16 @@ class UnsavedStore(FeatureStore):
     def load(self, key: str) -> dict | None:
         return None
 
-    def save(self, key: str, payload: dict) -> Path:
-        return self.path(key)
+    def check(self) -> None:
+        pass  # nothing is read or written
+
+    def save(self, key: str, payload: dict) -> Path | None:
+        return None
 
 
 def eval_features(cfg: dict, datamodule, backbone: nn.Module, model_name: str) -> FeatureCache:
     """Eval-transform features of the splits, for the probe alone: no phase trains on them."""
     cfg = dict(cfg or {})
     store = (UnsavedStore if cfg.get("mode") == "off" else FeatureStore)(cfg.get("dir") or "~/.cache/tlexp/features")
+    store.check()
     return FeatureCache(datamodule, backbone, model_name, cached_epochs=0, all_cached=False, views=0, store=store)

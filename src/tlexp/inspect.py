@@ -22,7 +22,8 @@ from .backbones import create_backbone
 from .build import build_datamodule, preprocessing
 from .cli import precheck
 from .data import TransferDataModule
-from .data.sources import IMAGE_EXTENSIONS
+from .data.preflight import Probe
+from .data.sources import IMAGE_EXTENSIONS, iter_files
 from .errors import DataError, exit_on_user_error
 from .validate import validate_config
 
@@ -58,6 +59,7 @@ def inspect(cfg: DictConfig) -> dict:
         "duplicates": checks["duplicates"],
         "leaks_removed": checks["leaks_removed"],
         "problems": checks["problems"],
+        "warnings": [*checks["scan_warnings"], *filter(None, [small_images(shorter_sides(probes), pre["image_size"])])],
         "preprocessing": pre,
     }
     write_text(out / "report.json", json.dumps(report, indent=2))
@@ -65,6 +67,27 @@ def inspect(cfg: DictConfig) -> dict:
     plot_counts(report["counts"], out / "class_counts.png")
     plot_samples(dm, int(cfg.samples_per_class), out / "samples.png")
     return report
+
+
+def shorter_sides(probes: list[Probe]) -> list[int]:
+    return [min(p.width, p.height) for p in probes if not p.reason]
+
+
+def small_images(sides: list[int], image_size: int) -> str | None:
+    """A note when the typical image is far smaller than the input size: each is upscaled several times, and
+    costs the compute of a full-size image while holding the detail of a small one."""
+    if not sides:
+        return None
+    side, image_size = int(np.median(sides)), int(image_size)
+    if side * 3 >= image_size:
+        return None
+    smaller = min(max(32, -(-2 * side // 32) * 32), image_size // 2)  # about twice the side, in steps of 32
+    return (
+        f"the images are small for the input size: median shorter side {side} px, the model's input "
+        f"{image_size} px, so each image is upscaled {image_size / side:.1f}x. A smaller input trains faster "
+        f"per image: `dataset.preprocess.image_size={smaller}` (compare val accuracy: upscaling can still help "
+        "fine-tuning, docs/recipes.md Study 14)."
+    )
 
 
 def stop_if_training_would(report: dict, cfg: DictConfig) -> None:
@@ -86,7 +109,7 @@ def check_has_images(dataset: DictConfig) -> None:
     root = Path(str(dataset.root)).expanduser()
     if not root.is_dir():
         return  # the source's own message says the folder does not exist
-    files = (p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = (p for p in iter_files(root, []) if not p.name.startswith("."))  # linked folders too
     others = []
     for p in files:
         if p.suffix.lower() in IMAGE_EXTENSIONS:
@@ -136,6 +159,9 @@ def format_report(r: dict, out: Path) -> str:
         lines.append("  " + " = ".join(f"{f['split']}:{f['path']}" for f in group["files"]) + note)
     lines.append(f"removed from val/test as copies of training images: {len(r['leaks_removed'])}")
     lines += [f"  {x['split']}: {x['path']}" for x in r["leaks_removed"]]
+    if r["warnings"]:
+        lines.append(f"warnings: {len(r['warnings'])}")
+        lines += [f"  - {w}" for w in r["warnings"]]
     if r["problems"]:
         lines.append(f"problems that stop training: {len(r['problems'])}")
         lines += [f"  - {p}" for p in r["problems"]]

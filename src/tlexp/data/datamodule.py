@@ -102,11 +102,14 @@ class TransferDataModule(L.LightningDataModule):
         self.checks.update(
             ignored_files=dict(self.source.ignored),
             problems=list(self.source.problems),
+            scan_warnings=list(self.source.warnings),
             duplicates=duplicate_groups(given, sha1, names),
             leaks_removed=leaks,
             class_counts=counts,
             imbalance_ratio=imbalance_ratio(counts.get("train") or counts["pool"]),
         )
+        if self.source.warnings:
+            log.warning("passed over while scanning:\n%s", "\n".join(f"  {w}" for w in self.source.warnings))
         if self.source.ignored:
             log.info("ignored while scanning: %s", ", ".join(f"{n} {k}" for k, n in self.source.ignored.items()))
         if leaks:
@@ -257,6 +260,7 @@ class TransferDataModule(L.LightningDataModule):
             "bad_files": self.checks["bad_files"],
             "broken_during_training": broken,
             "ignored_files": self.checks["ignored_files"],
+            "scan_warnings": self.checks["scan_warnings"],
             "duplicate_groups": len(self.checks["duplicates"]),
             "leaks_removed": len(self.checks["leaks_removed"]),
             "class_counts": self.checks["class_counts"],

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -105,33 +107,73 @@ class ImageFiles(ImageSet):
         return ImageFiles([self.paths[i] for i in indices], self.labels[np.asarray(indices)], self.background)
 
 
+class NoReadableImages(DataError):
+    """Every image of a split became unreadable during training: there is nothing left to stand in for them."""
+
+    def __init__(self, message: str):
+        # A DataLoader re-raises a worker's exception as its type, with the worker's traceback as the message:
+        # keep our own paragraph only, so the user never sees a traceback.
+        super().__init__(message.rsplit(f"{type(self).__name__}: ", 1)[-1].strip())
+
+
 class TransformedImages(torch.utils.data.Dataset):
     """(transform(image), label) pairs for a DataLoader.
 
     A file that breaks while training (changed on disk since the pre-flight check) must not end a long run:
     its sample is replaced by the next readable one, and the failure is logged and appended to `failures`
-    (a text file, so that DataLoader worker processes can report it too).
+    (a text file, so that DataLoader worker processes can report it too). However many files break, the run
+    goes on while one image of the split is readable; when none is, it stops with one DataError.
     """
-
-    retries = 10
 
     def __init__(self, images: ImageSet, transform, failures: str | Path | None = None):
         self.images, self.transform, self.failures = images, transform, failures
+        self.broken: dict[int, BadImage] = {}  # found unreadable in this process: not decoded again
+        self._said: set[str] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        for step in range(self.retries):
-            j = (i + step) % len(self.images)
+        n = len(self.images)
+        for step in range(n):
+            j = (i + step) % n
+            if j in self.broken:
+                continue
             try:
                 return self.transform(self.images.image(j)), int(self.images.labels[j])
             except BadImage as bad:
+                self.broken[j] = bad
                 self._record(bad)
-        raise BadImage(f"images {i}..{i + self.retries - 1}", f"{self.retries} unreadable files in a row; stopping")
+        raise NoReadableImages(self._none_readable())
+
+    def _none_readable(self) -> str:
+        shown = [f"  {bad.path}: {bad.reason}" for bad in list(self.broken.values())[:10]]
+        more = f"\n  ... and {len(self.broken) - 10} more" if len(self.broken) > 10 else ""
+        listed = f" (all listed in {self.failures})" if self.failures else ""
+        return (
+            f"all {len(self.images)} images of a split became unreadable during training{listed}, though they "
+            "passed the pre-flight check:\n" + "\n".join(shown) + more + "\nThe folder was moved, unmounted or "
+            "changed while the run read it. Make the files readable again, then start the run again (or continue "
+            "it with `resume=<its run folder>` when it has saved a checkpoint)."
+        )
 
     def _record(self, bad: BadImage) -> None:
+        if self._said is None:  # what this run listed already, in this process or another (epochs, workers)
+            self._said = self._listed()
+        if bad.path in self._said:
+            return  # said once per file, not once per epoch or worker
+        self._said.add(bad.path)
         log.warning("skipped unreadable image during training: %s (%s)", bad.path, bad.reason)
         if self.failures:
-            with open(self.failures, "a", encoding="utf-8") as f:
-                f.write(f"{bad.path}\t{bad.reason}\n")
+            try:
+                with open(self.failures, "a", encoding="utf-8") as f:
+                    f.write(f"{bad.path}\t{bad.reason}\n")
+            except OSError as err:  # the warning above still names it; the run must not end over the list
+                log.warning("cannot add it to %s (%s)", self.failures, err.strerror or err)
+
+    def _listed(self) -> set[str]:
+        try:
+            text = Path(self.failures).read_text(encoding="utf-8") if self.failures else ""
+        except OSError:
+            return set()
+        return {line.split("\t", 1)[0] for line in text.splitlines()}

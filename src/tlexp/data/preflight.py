@@ -7,6 +7,7 @@ an unchanged folder reads no pixels.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -65,14 +66,11 @@ def _key(path: str) -> str | None:
 
 
 def preflight(paths: list[str], cache_file: str | Path | None = None, workers: int | None = None) -> dict[str, Probe]:
-    """Probe every file (cached ones are not read again); returns path -> Probe."""
-    cache: dict = {}
-    if cache_file and Path(cache_file).is_file():
-        try:
-            stored = json.loads(Path(cache_file).read_text())
-            cache = stored["files"] if stored.get("version") == CACHE_VERSION else {}
-        except (ValueError, KeyError, TypeError):
-            cache = {}  # a damaged cache is only a slower start
+    """Probe every file (cached ones are not read again); returns path -> Probe.
+
+    The cache only saves time: when it cannot be read or written, one warning says so and the check goes on.
+    """
+    cache, usable = read_cache(cache_file) if cache_file else ({}, False)
     results: dict[str, Probe] = {}
     todo = []
     for path in dict.fromkeys(paths):
@@ -92,10 +90,44 @@ def preflight(paths: list[str], cache_file: str | Path | None = None, workers: i
         len(todo),
         len(results) - len(todo),
     )
-    if cache_file and todo:
-        keep = {p: {"key": _key(p), "probe": asdict(r)} for p, r in results.items() if _key(p)}
+    if usable and todo:
+        write_cache(cache_file, results)
+    return results
+
+
+def read_cache(cache_file: str | Path) -> tuple[dict, bool]:
+    """(cached verdicts, whether to write the cache back); a cache that cannot be read is warned about once."""
+    try:
+        stored = json.loads(Path(cache_file).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, True  # no cache yet; if its folder cannot be made, writing it says so
+    except OSError as err:
+        _unusable(cache_file, "read", err)
+        return {}, False
+    except ValueError:
+        return {}, True  # a damaged cache is only a slower start
+    files = stored.get("files") if isinstance(stored, dict) and stored.get("version") == CACHE_VERSION else None
+    return (files if isinstance(files, dict) else {}), True
+
+
+def write_cache(cache_file: str | Path, results: dict[str, Probe]) -> None:
+    keep = {p: {"key": _key(p), "probe": asdict(r)} for p, r in results.items() if _key(p)}
+    tmp = Path(f"{cache_file}.tmp{os.getpid()}")
+    try:
         Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{cache_file}.tmp{os.getpid()}")
         tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": keep}))
         tmp.replace(cache_file)  # atomic: two runs starting together never read half a file
-    return results
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        _unusable(cache_file, "written", err)
+
+
+def _unusable(cache_file: str | Path, how: str, err: OSError) -> None:
+    log.warning(
+        "the pre-flight cache %s cannot be %s (%s); going on without it, so every image is decoded again at the "
+        "next start. Set data.preflight_cache=<a writable folder>, or data.preflight_cache=null to turn it off.",
+        cache_file,
+        how,
+        err.strerror or err,
+    )

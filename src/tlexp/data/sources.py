@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ class Source:
     identity: str = ""  # what identifies the data (for caches and the run record)
     ignored: dict[str, int] = field(default_factory=dict)  # files passed over while scanning, by kind
     problems: list[str] = field(default_factory=list)  # structural problems noted instead of raised (inspect)
+    warnings: list[str] = field(default_factory=list)  # passed over but worth a word: link loops, dead links
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -76,10 +79,11 @@ def fashion_mnist(root: str) -> Source:
 
 class _Scan:
     """Walks class folders; counts what it passes over (hidden files, non-images) and, when not strict,
-    notes structural problems instead of raising them (`tlexp.inspect` reports them all at once)."""
+    notes structural problems instead of raising them (`tlexp.inspect` reports them all at once). Linked
+    folders are followed; links that loop or lead nowhere are left out and named in `warnings`."""
 
     def __init__(self, strict: bool = True):
-        self.strict, self.ignored, self.problems = strict, {}, []
+        self.strict, self.ignored, self.problems, self.warnings = strict, {}, [], []
 
     def problem(self, message: str) -> None:
         if self.strict:
@@ -88,9 +92,7 @@ class _Scan:
 
     def images(self, folder: Path) -> list[str]:
         found = []
-        for p in sorted(folder.rglob("*")):
-            if not p.is_file():
-                continue
+        for p in walk_files(folder, self.warnings, above=(os.path.realpath(folder.parent),)):
             if any(part.startswith(".") for part in p.relative_to(folder).parts):
                 kind = "hidden"  # .DS_Store, ._photo.jpg from macOS, .git/...
             elif p.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -102,7 +104,9 @@ class _Scan:
         return found
 
     def classes(self, folder: Path) -> dict[str, list[str]]:
-        classes = {d.name: self.images(d) for d in sorted(folder.iterdir()) if d.is_dir() and d.name[0] != "."}
+        entries = [d for d in sorted(folder.iterdir()) if d.name[0] != "."]
+        self.warnings += [_dead_link(d) for d in entries if _is_dead_link(d)]
+        classes = {d.name: self.images(d) for d in entries if d.is_dir()}
         if not classes:
             raise DataError(
                 f"no class folders in {folder}. Put one subfolder per class (e.g. {folder}/cat/*.jpg, "
@@ -115,6 +119,96 @@ class _Scan:
                 f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case). Add images or remove the folder(s)."
             )
         return {name: files for name, files in classes.items() if files}
+
+    def one_label_each(self, base: Path, scanned: dict[str, dict[str, list[str]]]) -> None:
+        """A file reachable from two class folders (through a linked folder or file) would get two labels."""
+        shared = _shared_files(scanned)
+        if not shared:
+            return
+        lines = [_describe_shared(base, pair, files) for pair, files in sorted(shared.items())]
+        total = sum(len(files) for files in shared.values())
+        self.problem(
+            f"{total} image file(s) under {base} are reachable from two class folders, so each would get two "
+            "labels:\n" + "\n".join(lines) + "\nAn image needs one class: remove the link, or replace it with a "
+            "real folder (or file) holding that class's own images."
+        )
+
+
+def walk_files(folder: Path, warnings: list[str], above: tuple[str, ...] = ()) -> list[Path]:
+    """Every file under `folder`, in path order (see `iter_files`)."""
+    return sorted(iter_files(folder, warnings, above))
+
+
+def iter_files(folder: Path, warnings: list[str], above: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Files under `folder`, linked folders followed. A link back to a folder it is inside of (a loop) is not
+    followed, and a link that leads nowhere is left out: both are named in `warnings`. `above`: the real paths
+    of the folders `folder` is inside of."""
+    above = (*above, os.path.realpath(folder))
+    if above[-1] in above[:-1]:
+        warnings.append(
+            f"symbolic link loop: {folder} leads back to {above[-1]}, a folder it is inside of; not followed "
+            f"(remove the link: `rm {folder}`)."
+        )
+        return
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        warnings.append(f"cannot list {folder} ({err.strerror or err}); its files are left out.")
+        return
+    for p in entries:
+        if p.is_dir():
+            yield from iter_files(p, warnings, above)
+        elif p.is_file():
+            yield p
+        elif _is_dead_link(p):
+            warnings.append(_dead_link(p))
+
+
+def _is_dead_link(p: Path) -> bool:
+    return p.is_symlink() and not p.exists()
+
+
+def _dead_link(p: Path) -> str:
+    try:
+        os.stat(p)
+        why = "its target changed while scanning"
+    except OSError as err:
+        why = err.strerror or str(err)  # "Too many levels of symbolic links" for a loop, else a missing target
+    return f"{p} is a link that leads nowhere ({why}: {os.readlink(p)}); left out."
+
+
+def _shared_files(scanned: dict[str, dict[str, list[str]]]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(class folder, class folder) -> [(path in the first, path in the second)] for files both reach."""
+    owners: dict[str, dict[str, tuple[str, str]]] = {}  # real path -> class -> (its folder, the path found)
+    folders: dict[str, str] = {}  # each folder resolved once, not once per file in it
+    for split, classes in scanned.items():
+        for name, files in classes.items():
+            folder = name if split == "pool" else f"{split}/{name}"
+            for path in files:
+                owners.setdefault(_real(path, folders), {}).setdefault(name, (folder, path))
+    shared: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for by_class in owners.values():
+        places = sorted(by_class.values())
+        for (first, a), (second, b) in zip(places, places[1:], strict=False):
+            shared.setdefault((first, second), []).append((a, b))
+    return shared
+
+
+def _real(path: str, folders: dict[str, str]) -> str:
+    """os.path.realpath(path), with its folder's real path looked up in (or added to) `folders`."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in folders:
+        folders[folder] = os.path.realpath(folder)
+    return os.path.join(folders[folder], name)
+
+
+def _describe_shared(base: Path, pair: tuple[str, str], files: list[tuple[str, str]]) -> str:
+    a, b = files[0]
+    links = [p for p in (base / pair[0], base / pair[1], Path(a), Path(b)) if p.is_symlink()]
+    how = f"; {links[0]} is a link to {os.readlink(links[0])}" if links else ""
+    return f"  {base / pair[0]} and {base / pair[1]}: {len(files)} file(s), e.g. {a} = {b}{how}"
 
 
 def check_split_classes(names_by_split: dict[str, list[str]], where: str, scan: _Scan | None = None) -> list[str]:
@@ -155,8 +249,9 @@ def image_folder(root: str, background=(255, 255, 255), strict: bool = True) -> 
     else:
         scanned = {"pool": scan.classes(base)}
     names = check_split_classes({s: list(c) for s, c in scanned.items()}, str(base), scan)
+    scan.one_label_each(base, scanned)
     splits = {s: _to_files(classes, names, background) for s, classes in scanned.items()}
-    return Source(names, splits, f"folder:{base.resolve()}", scan.ignored, scan.problems)
+    return Source(names, splits, f"folder:{base.resolve()}", scan.ignored, scan.problems, scan.warnings)
 
 
 def _to_files(classes: dict[str, list[str]], names: list[str], background) -> ImageFiles:
