@@ -246,3 +246,100 @@ def test_a_value_hydra_cannot_read_unquoted_gets_the_quoted_override_to_copy(tmp
     assert f"Quote it, with single quotes around for the shell: 'dataset.root=\"{value}\"'" in proc.stderr
     quoted = run_cli("dataset=imagefolder", f'dataset.root="{value}"', f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
     assert quoted.returncode == 2 and "does not exist" in quoted.stderr  # read now: the folder is just not there
+
+
+# ------------------------------------------------------------ the machine: a stop signal, a full disk
+
+
+def _tiny(tmp_path, tiny_weights, *overrides):
+    from .conftest import compose_cfg
+
+    return compose_cfg(
+        *TINY_RUN,
+        f"model.weights={tiny_weights}",
+        "data.num_workers=0",
+        "report.enabled=false",
+        "report.train_batch_preview=0",
+        "trainer.limit_train_batches=2",
+        f"output_dir={tmp_path / 'run'}",
+        f"cache.dir={tmp_path / 'cache'}",
+        *overrides,
+    )
+
+
+def test_sigterm_during_the_probe_is_one_message_with_what_to_do(tmp_path, tiny_weights, monkeypatch, capsys):
+    from tlexp import train as train_module
+    from tlexp.errors import exit_on_user_error
+
+    real = train_module.init_head
+
+    def probe_then_sigterm(run):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, while the probe fits
+        return real(run)
+
+    monkeypatch.setattr(train_module, "init_head", probe_then_sigterm)
+    cfg = _tiny(tmp_path, tiny_weights, "strategy=lp_ft", "strategy.phases.0.epochs=1")
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(train_module.train)(cfg)
+    assert stop.value.code == 143
+    err = capsys.readouterr().err
+    assert "tlexp error: stopped by SIGTERM outside the training loop. No checkpoint had been written" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_message_and_the_last_checkpoint_stays_whole(
+    tmp_path, tiny_weights, monkeypatch, capsys
+):
+    import errno
+
+    import torch
+
+    from tlexp import atomic
+    from tlexp.errors import exit_on_user_error
+    from tlexp.resume import damaged
+    from tlexp.train import train
+
+    saves, real_save = [], torch.save
+
+    def save_until_full(obj, path):
+        saves.append(path)
+        if len(saves) > 2:  # epoch 0 wrote best and last whole; the disk is full from epoch 1 on
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path)
+
+    monkeypatch.setattr(atomic.torch, "save", save_until_full)
+    cfg = _tiny(tmp_path, tiny_weights, "strategy=feature_extraction", "strategy.phases.0.epochs=3", "cache.mode=off")
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(train)(cfg)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    run = tmp_path / "run"
+    assert "tlexp error: No space left on device while writing" in err and "Traceback" not in err
+    assert f"Continue with: python -m tlexp.train resume={run}" in err
+    last = run / "checkpoints" / "last.ckpt"
+    assert damaged(last) is None and torch.load(last, weights_only=False)["epoch"] == 0
+    assert not list((run / "checkpoints").glob(".*tmp*"))  # no temp file left behind
+
+
+def test_a_new_run_on_a_folder_it_cannot_write_is_one_message_before_hydra_writes(tmp_path):
+    proc = run_cli("hydra.run.dir=/sys/tlexp_run", timeout=60)  # sysfs refuses new files, even to root
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        "tlexp error: cannot write to /sys (" in proc.stderr and "Pass hydra.run.dir=<a writable folder>" in proc.stderr
+    )
+
+
+def test_a_resume_onto_a_full_disk_is_refused_before_anything_is_written(stopped, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from tlexp import validate
+    from tlexp.resume import check_resume_argv
+
+    monkeypatch.setattr(validate.shutil, "disk_usage", lambda p: SimpleNamespace(free=2**20, total=2**30))
+    before = _tree(stopped)
+    with pytest.raises(SystemExit) as refused:
+        check_resume_argv([f"resume={stopped}"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{stopped} is full: 1.0 MB free" in err and f"then resume={stopped} again" in err
+    assert _tree(stopped) == before

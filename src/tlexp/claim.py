@@ -18,6 +18,7 @@ from lightning.fabric.utilities.rank_zero import _get_rank
 from .cli import compose_config
 from .errors import ConfigError
 from .resume import METRICS, RUN_CONFIG
+from .validate import check_writable
 
 CLAIM = ".tlexp-claim"  # "<host> <pid>" of the process that claimed the directory; removed once config.yaml is there
 
@@ -78,6 +79,7 @@ def claim(out: Path) -> None:
 
 def _try_claim(out: Path) -> bool:
     """Create `out/.tlexp-claim` exclusively; a claim left by a process that no longer runs is taken over."""
+    check_writable(out, "Pass hydra.run.dir=<a writable folder>.")  # before Hydra, whose mkdir would raise
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

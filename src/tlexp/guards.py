@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .errors import ConfigError, TrainingDiverged
+from .errors import DISK_ERRNOS, ConfigError, Stopped, TrainingDiverged, out_of_space
 from .phases import PhaseSchedule
 
 
@@ -71,4 +75,41 @@ def no_training_reason(trainer) -> str:
         f"rank, batch size {batch}, drop_last={drop_last}, trainer.limit_train_batches={limit}, so each rank has "
         f"{trainer.num_training_batches} batches an epoch. Lower data.batch_size (to at most the per-rank share), "
         "train on fewer devices (trainer.devices), or use more training images (dataset.per_class / train_size)."
+    )
+
+
+@contextmanager
+def stop_cleanly(out: Path) -> Iterator[None]:
+    """SIGTERM outside Lightning's fit loop (data checks, the feature pass, the probe, test, the report) and a disk
+    that refuses a write end the run with one message saying what survives in `out` and how to go on.
+
+    Inside fit, Lightning installs its own SIGTERM handler (which calls this one too): there it stops at the end of
+    the batch and RunState saves last.ckpt, so this handler stands aside.
+    """
+
+    def on_sigterm(signum, frame) -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            raise Stopped(f"stopped by SIGTERM outside the training loop. {what_survives(out)}")
+
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    try:
+        yield
+    except OSError as err:
+        if err.errno in DISK_ERRNOS:
+            raise out_of_space(err, what_survives(out)) from err
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def what_survives(out: Path) -> str:
+    """How to go on from what a stopped run left in `out`."""
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"Its last checkpoint is {last}. Continue with: python -m tlexp.train resume={out}"
+    return (
+        f"No checkpoint had been written in {out} yet, so there is nothing to resume: start the run again "
+        "(features already computed are cached and reused)."
     )

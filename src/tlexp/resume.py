@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .atomic import write_text
 from .errors import ConfigError
+from .validate import check_writable
 
 RUN_CONFIG = "config.yaml"  # the resolved config of a run, written at its start; resume reads it
 LAST = "last.ckpt"
@@ -251,6 +252,7 @@ def check_resume_argv(argv: list[str]) -> None:
         sys.exit(0)
     try:
         run_config(run, resume_checkpoint(run, resume_from))
+        check_writable(run, f"The run's files are intact: free space there, then resume={run} again.")
     except ConfigError as err:
         print(f"\ntlexp error: {err}\n", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -23,8 +23,9 @@ from .auto import uses_pilots
 from .build import Run, build_run, check_config, init_head, plain
 from .claim import claim_run_dir
 from .cli import compose_config
-from .errors import exit_on_user_error
+from .errors import Stopped, exit_on_user_error
 from .evaluate import evaluate
+from .guards import stop_cleanly
 from .linear_probe import linear_probe
 from .lr_find import find_lr
 from .pilots import select
@@ -44,9 +45,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     quiet_lightning()
     if cfg.get("resume") and (done := finished_run(cfg.resume)) is not None:
         return done  # a finished run: its files stay as they are
-    # strategy=auto with a budget chooses by probe and pilots; with budget 0 build_run applies the size rule
-    run = select(cfg, callbacks) if uses_pilots(plain(cfg.strategy)) else build_run(cfg, callbacks)
-    return record(run, fit_and_test(run))
+    with stop_cleanly(Path(str(cfg.get("resume") or cfg.output_dir)).expanduser()):
+        # strategy=auto with a budget chooses by probe and pilots; with budget 0 build_run applies the size rule
+        run = select(cfg, callbacks) if uses_pilots(plain(cfg.strategy)) else build_run(cfg, callbacks)
+        return record(run, fit_and_test(run))
 
 
 def fit_and_test(run: Run) -> Outcome:
@@ -130,6 +132,8 @@ def train_in_sweep(cfg: DictConfig) -> float | None:
         if again:
             print(f"this run {again}", flush=True)
         return objective(cfg, train(cfg))
+    except Stopped:  # SIGTERM stops the sweep, not just this run
+        raise
     except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, not raised
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +173,7 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.get("resume"):
         exit_on_user_error(check_resume_overrides)(list(HydraConfig.get().overrides.task))
     if _in_sweep():
-        return train_in_sweep(cfg)
+        return exit_on_user_error(train_in_sweep)(cfg)
     return objective(cfg, exit_on_user_error(train)(cfg))
 
 
