@@ -293,6 +293,8 @@ def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
     out = proc.stdout
     assert "test_resnet" in out and "resnet18               skipped: model 'resnet18.tv_in1k' needs" in out
     assert "pilots, rung by rung" in out and "rung 2:" in out and "advice: 104 training images" in out
+    noise = ("💡 Tip:", "GPU available:", "TPU available:", "`Trainer(limit_")  # left out, as the README says
+    assert not [line for line in (out + proc.stderr).splitlines() if line.lstrip().startswith(noise)]
     command = next(line for line in out.splitlines() if line.startswith("run it: ")).removeprefix("run it: ")
     assert command.startswith("python -m tlexp.train strategy=") and " ".join(overrides) in command
     ran = subprocess.run(

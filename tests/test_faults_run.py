@@ -246,6 +246,7 @@ def test_a_value_hydra_cannot_read_unquoted_gets_the_quoted_override_to_copy(tmp
     assert f"Quote it, with single quotes around for the shell: 'dataset.root=\"{value}\"'" in proc.stderr
     quoted = run_cli("dataset=imagefolder", f'dataset.root="{value}"', f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
     assert quoted.returncode == 2 and "does not exist" in quoted.stderr  # read now: the folder is just not there
+    assert not (tmp_path / "run").exists()  # checked before Hydra writes the run's files
 
 
 # ------------------------------------------------------------ the machine: a stop signal, a full disk
@@ -343,3 +344,27 @@ def test_a_resume_onto_a_full_disk_is_refused_before_anything_is_written(stopped
     err = capsys.readouterr().err
     assert f"{stopped} is full: 1.0 MB free" in err and f"then resume={stopped} again" in err
     assert _tree(stopped) == before
+
+
+def test_predict_on_an_auto_runs_missing_checkpoints_folder_names_the_winners_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    best = run / "pilots" / "finetune" / "checkpoints" / "best-epoch=01.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"weights")
+    (run / "metrics.json").write_text(json.dumps({"checkpoint": str(best)}))
+    (tmp_path / "a.png").write_bytes(b"")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlexp.predict",
+            f"ckpt={run}/checkpoints/best-epoch=01.ckpt",
+            f"input={tmp_path}/a.png",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"The best checkpoint of the run in {run} is {best}: pass ckpt={best}" in proc.stderr

@@ -33,16 +33,17 @@ from .atomic import AtomicCheckpointIO, write_text
 from .backbones import block_map, check_model_name, create_backbone, data_config
 from .claim import release
 from .data import TransferDataModule
+from .data.sources import check_location
 from .ema import WeightEMA
 from .errors import ConfigError
-from .features import FeatureCache, eval_features, feature_cache_for
+from .features import FeatureCache, FeatureStore, eval_features, feature_cache_for
 from .guards import RequireTraining, StopOnNonFinite
 from .history import EpochHistory
 from .linear_probe import init_head as probe_head
 from .module import TransferModule
 from .phases import Phase, PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
-from .progress import plain_progress
+from .progress import plain_progress, quiet_lightning
 from .resume import LAST, RUN_CONFIG, RunState, resume_config
 from .validate import check_writable, validate_config
 
@@ -125,9 +126,12 @@ def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Everything that can be checked before any weights or data are loaded."""
+    """Everything that can be checked before any weights or data are loaded (and before a run writes anything)."""
     validate_config(cfg)
     check_model_name(cfg.model.name)
+    check_location(plain(cfg.dataset))
+    if cfg.cache.mode != "off":
+        FeatureStore(cfg.cache.dir).check()
     strategy = plain(cfg.strategy)
     if auto.is_auto(strategy):
         auto.decide(1, 1, strategy.get("feature_extraction_below", 500), strategy.get("finetune_above", 2000))
@@ -269,6 +273,7 @@ def build_trainer(cfg: DictConfig, out: Path, schedule: PhaseSchedule, best: Mod
     shown = cfg.report.train_batch_preview
     preview = [TrainBatchPreview(out / "train_batch.png", shown)] if shown else []
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    quiet_lightning()  # before the Trainer prints its tips and device lines (train, pilots, advise alike)
     return L.Trainer(
         **args,
         max_epochs=schedule.total_epochs,

@@ -6,6 +6,7 @@ an exported file in the sidecar JSON written next to it (`model.onnx` -> `model.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import warnings
@@ -39,15 +40,29 @@ def sidecar_path(model_file: Path) -> Path:
     return Path(f"{model_file}.json")
 
 
+def where_the_model_is(missing: Path) -> str:
+    """Where to find a run's model: the checkpoint its metrics.json names (a strategy=auto run trains its winner
+    in pilots/<winner>/, not in <run>/checkpoints/), else the usual places."""
+    for folder in (missing.parent, *missing.parents[:3]):
+        metrics = folder / "metrics.json"
+        if metrics.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                best = json.loads(metrics.read_text()).get("checkpoint")
+                if best and Path(best).is_file():
+                    return f"The best checkpoint of the run in {folder} is {best}: pass ckpt={best}"
+    return (
+        "Point ckpt= at the 'best checkpoint' a run printed (also metrics.json's `checkpoint`): "
+        "<run>/checkpoints/best-*.ckpt, or <run>/pilots/<strategy>/checkpoints/best-*.ckpt for strategy=auto."
+    )
+
+
 def load_trained(path: Path | str):
     """A TransferModule from a tlexp checkpoint, in eval mode on the CPU; one clear error when it is not one."""
     from .module import load_module  # here, not at the top: ONNX/TorchScript users need no timm model code
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(
-            f"checkpoint {path} does not exist. Point ckpt= at <run>/checkpoints/best-*.ckpt or last.ckpt."
-        )
+        raise ConfigError(f"checkpoint {path} does not exist. {where_the_model_is(path)}")
     try:
         module = load_module(str(path))
     except Exception as err:  # noqa: BLE001 - torch.load of a wrong file fails in many ways (pickle, zip, keys)

@@ -29,7 +29,6 @@ from .guards import stop_cleanly
 from .linear_probe import linear_probe
 from .lr_find import find_lr
 from .pilots import select
-from .progress import quiet_lightning
 from .record import Outcome, record
 from .resume import check_resume_argv, check_resume_overrides, finished_run, in_place
 
@@ -42,7 +41,6 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     `callbacks` are added to the Trainer (tests use them to watch phases epoch by epoch).
     With `resume=<run dir>`, the run continues from its `checkpoints/last.ckpt` with its own config.
     """
-    quiet_lightning()
     if cfg.get("resume") and (done := finished_run(cfg.resume)) is not None:
         return done  # a finished run: its files stay as they are
     with stop_cleanly(Path(str(cfg.get("resume") or cfg.output_dir)).expanduser()):

@@ -234,9 +234,7 @@ def _raise(message: str) -> None:
 
 def image_folder(root: str, background=(255, 255, 255), strict: bool = True) -> Source:
     """One subfolder per class, or train/ val/ test/ subfolders each holding the class folders."""
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise DataError(f"image folder {base} does not exist. Set `dataset.root=/path/to/images`.")
+    base = _existing_folder(root)
     scan = _Scan(strict)
     present = [s for s in SPLITS if (base / s).is_dir()]
     if "train" in present:
@@ -265,9 +263,7 @@ def _to_files(classes: dict[str, list[str]], names: list[str], background) -> Im
 
 def csv_manifest(manifest: str, background=(255, 255, 255), strict: bool = True) -> Source:
     """A CSV file with a header `path,label[,split]`; relative paths are relative to the CSV's folder."""
-    file = Path(manifest).expanduser()
-    if not file.is_file():
-        raise DataError(f"manifest {file} does not exist. Set `dataset.manifest=/path/to/labels.csv`.")
+    file = _existing_file(manifest)
     with open(file, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
         header = [c.strip().lower() for c in (rows[0].keys() if rows else [])]
@@ -321,17 +317,42 @@ def synthetic(num_classes: int = 4, per_class: int = 40, image_size: int = 32, s
     return Source(names, {"pool": TensorImages(pixels, labels.numpy())}, identity=ident)
 
 
+def check_location(cfg: dict) -> None:
+    """The folder or manifest a dataset config names exists (no image is read): a run checks it before it writes
+    anything."""
+    kind = cfg["source"]
+    if kind == "imagefolder":
+        if not cfg.get("root"):
+            raise DataError("dataset=imagefolder needs a folder: add `dataset.root=/path/to/images`.")
+        _existing_folder(cfg["root"])
+    if kind == "csv":
+        if not cfg.get("manifest"):
+            raise DataError("dataset=csv needs a file: add `dataset.manifest=/path/labels.csv` (path,label[,split]).")
+        _existing_file(cfg["manifest"])
+
+
+def _existing_folder(root: str) -> Path:
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist. Set `dataset.root=/path/to/images`.")
+    return base
+
+
+def _existing_file(manifest: str) -> Path:
+    file = Path(manifest).expanduser()
+    if not file.is_file():
+        raise DataError(f"manifest {file} does not exist. Set `dataset.manifest=/path/to/labels.csv`.")
+    return file
+
+
 def load_source(cfg: dict, background=(255, 255, 255), strict: bool = True) -> Source:
+    check_location(cfg)
     kind = cfg["source"]
     if kind == "fashion_mnist":
         return fashion_mnist(cfg["root"])
     if kind == "imagefolder":
-        if not cfg.get("root"):
-            raise DataError("dataset=imagefolder needs a folder: add `dataset.root=/path/to/images`.")
         return image_folder(cfg["root"], background, strict)
     if kind == "csv":
-        if not cfg.get("manifest"):
-            raise DataError("dataset=csv needs a file: add `dataset.manifest=/path/labels.csv` (path,label[,split]).")
         return csv_manifest(cfg["manifest"], background, strict)
     if kind == "synthetic":
         return synthetic(cfg.get("num_classes", 4), cfg.get("images_per_class", 40), cfg.get("native_size", 32))
