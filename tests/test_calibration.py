@@ -25,3 +25,30 @@ def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels(
     t = fit_temperature(logits, labels)
     assert t == pytest.approx(2.5, rel=0.1)
     assert nll(logits, labels, t) < nll(logits, labels)
+
+
+def _made_with_temperature(t: float, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, 5, generator=gen)
+    return logits, torch.multinomial((logits / t).softmax(1), 1, generator=gen).flatten()
+
+
+def test_the_report_fits_its_temperature_on_val_never_on_the_split_it_judges(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tlexp import evaluate as evaluation
+
+    val = _made_with_temperature(2.5, 600, seed=1)  # over the 50 images below which fitting is skipped
+    test = _made_with_temperature(0.6, 600, seed=2)
+    monkeypatch.setattr(evaluation, "collect_logits", lambda module, loader, device, limit: val)
+    data = SimpleNamespace(class_names=list("abcde"), evaluation_loader=lambda split: split, splits={})
+    summary = evaluation.evaluate(None, data, tmp_path, split="test", top_loss_count=0, logits=test)
+    assert summary["temperature"] == pytest.approx(2.5, rel=0.15)  # val's; test's own would be near 0.6
+
+
+def test_top_losses_are_the_most_confidently_wrong_first():
+    from tlexp.evaluate import top_losses
+
+    probs = torch.tensor([[0.6, 0.4], [0.1, 0.9], [0.95, 0.05], [0.3, 0.7], [0.2, 0.8]])
+    labels = torch.tensor([1, 0, 0, 0, 1])  # wrong: 0 (0.6), 1 (0.9), 3 (0.7); right: 2, 4
+    assert top_losses(probs, labels, 2) == [1, 3]

@@ -178,3 +178,21 @@ def test_eval_transform_is_deterministic_and_train_transform_augments(small_fmni
 def test_test_per_class_takes_a_stratified_subset_of_a_given_test_split(small_fmnist):
     dm = _module({"source": "fashion_mnist", "root": str(small_fmnist), "val_per_class": 5, "test_per_class": 3})
     assert np.bincount(dm.splits["test"].labels).tolist() == [3] * 10
+
+
+def test_drop_leaks_removes_from_test_a_copy_of_a_val_image_and_keeps_trains_copies():
+    import numpy as np
+
+    from tlexp.data.duplicates import drop_leaks
+    from tlexp.data.images import ImageFiles
+
+    def files(*names):
+        return ImageFiles(list(names), np.zeros(len(names), dtype=np.int64))
+
+    splits = {"train": files("t1", "t2"), "val": files("v1", "v2"), "test": files("x1", "x2", "x3")}
+    sha1 = {"t1": "A", "t2": "B", "v1": "C", "v2": "A", "x1": "C", "x2": "D", "x3": "B"}
+    kept, removed = drop_leaks(splits, sha1)
+    assert kept["train"].paths == ["t1", "t2"]
+    assert kept["val"].paths == ["v1"]  # v2 copies a training image
+    assert kept["test"].paths == ["x2"]  # x1 copies a val image, x3 a training image
+    assert removed == [{"split": "test", "path": "x1"}, {"split": "test", "path": "x3"}, {"split": "val", "path": "v2"}]

@@ -276,3 +276,38 @@ def test_inspect_fails_when_its_report_lists_a_problem_that_stops_training():
     cfg.data.on_bad_image = "error"
     with pytest.raises(DataError, match="unreadable file"):
         stop_if_training_would({"problems": [], "bad_files": [{"path": "x.jpg"}]}, cfg)
+
+
+# Literal values at the edges, written here and not taken from the table: a rule loosened by mistake fails these.
+REFUSED = [
+    "model.head_dropout=1.0",  # drops every feature: the head would learn nothing
+    "model.head_dropout=-0.1",
+    "augment.hflip=1.5",
+    "augment.scale_min=0",
+    "optimizer.label_smoothing=1.0",
+    "epoch_scale=0",
+    "ema=1.5",
+    "data.batch_size=0",
+    "seed=-1",
+    "optimize_metric=test.acc",
+    "optimize_metric=best_val_accuracy",
+    "freeze_mode=sometimes",
+    "cache.mode=maybe",
+    "resume_from=first",
+    "data.on_bad_image=ignore",
+    "data.balance=oversample",
+    "strategy.probe_views=-1",
+]
+ACCEPTED = ["model.head_dropout=0.0", "model.head_dropout=0.9", "augment.hflip=1.0", "epoch_scale=0.01", "ema=0.0"]
+
+
+@pytest.mark.parametrize("override", REFUSED)
+def test_literal_bad_values_at_the_edges_are_refused(override):
+    overrides = ["strategy=lp_ft", override] if override.startswith("strategy.") else [override]
+    with pytest.raises(ConfigError, match=f"^{override.split('=')[0]}="):
+        validate_config(compose_named("train", *overrides), cuda_available=True)
+
+
+@pytest.mark.parametrize("override", ACCEPTED)
+def test_literal_good_values_at_the_edges_are_accepted(override):
+    validate_config(compose_named("train", override), cuda_available=True)

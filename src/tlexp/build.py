@@ -95,7 +95,6 @@ def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
     if cfg.get("resume"):
         cfg, resume_from = resume_config(cfg)
     check_config(cfg)
-    out = start_output(cfg, resume_from)
     L.seed_everything(cfg.seed, workers=True)
     set_threads(cfg)
     backbone, weights_id = load_backbone(cfg)
@@ -113,6 +112,7 @@ def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
     prepare_backbone(module.backbone, channels_last, bool(cfg.get("compile", False)))
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
     curves = EpochHistory(schedule.phase_index)
+    out = start_output(cfg, resume_from)  # once the weights and the data are there: a refused run leaves no record
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:02d}", monitor="val/acc", mode="max")
     trainer = build_trainer(cfg, out, schedule, best, [curves, *(callbacks or [])])
     cache = decide_cache(cfg, strategy, phases, schedule.mode(trainer), datamodule, backbone, trainer)
@@ -129,9 +129,6 @@ def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any weights or data are loaded (and before a run writes anything)."""
     validate_config(cfg)
     check_model_name(cfg.model.name)
-    check_location(plain(cfg.dataset))
-    if cfg.cache.mode != "off":
-        FeatureStore(cfg.cache.dir).check()
     strategy = plain(cfg.strategy)
     if auto.is_auto(strategy):
         auto.decide(1, 1, strategy.get("feature_extraction_below", 500), strategy.get("finetune_above", 2000))
@@ -151,6 +148,9 @@ def check_config(cfg: DictConfig) -> None:
             f"strategy '{strategy['name']}' starts from pretrained weights, but model.weights={cfg.model.weights}. "
             "Use strategy=scratch to train from random weights, or set model.weights."
         )
+    check_location(plain(cfg.dataset))  # last: a wrong value above is the message to see first
+    if cfg.cache.mode != "off":
+        FeatureStore(cfg.cache.dir).check()
 
 
 def set_threads(cfg: DictConfig) -> None:

@@ -10,6 +10,7 @@ command line so that Hydra, and Lightning's DDP processes that re-run this comma
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -104,6 +105,15 @@ def _try_claim(out: Path) -> bool:
             f.write(f"{socket.gethostname()} {os.getpid()}\n")
         return True
     return False
+
+
+def abandon(out: Path) -> None:
+    """A new run that stopped before it wrote its config.yaml (weights or data not to be had) leaves nothing: the
+    directory it claimed goes, if it holds only what Hydra and the claim wrote (Hydra's files and logs)."""
+    if (out / RUN_CONFIG).exists() or not (out / CLAIM).is_file():
+        return
+    if all(p.name in (".hydra", CLAIM) or p.suffix == ".log" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def release(out: Path) -> None:

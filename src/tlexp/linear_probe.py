@@ -10,8 +10,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from .metrics import classification_metrics
 
 L2_GRID = tuple(10.0**k for k in range(-6, 3))  # 1e-6 .. 1e2; Kornblith et al. use 45 values over 1e-6 .. 1e5
 
@@ -32,16 +32,6 @@ def _fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, init=Non
 
     opt.step(closure)
     return w.detach(), b.detach()
-
-
-def _metrics(num_classes: int) -> MetricCollection:
-    metrics = {
-        "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "f1": MulticlassF1Score(num_classes, average="macro"),
-    }
-    if num_classes > 5:
-        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    return MetricCollection(metrics)
 
 
 def fit_probe(train, val, num_classes: int, grid=L2_GRID) -> dict:
@@ -69,7 +59,7 @@ def linear_probe(train, val, test, num_classes: int, grid=L2_GRID) -> dict:
     fitted = fit_probe(train, val, num_classes, grid)
     xte, yte = test
     logits = xte.float() @ fitted["weight"].T + fitted["bias"]
-    test_metrics = {k: float(v) for k, v in _metrics(num_classes)(logits, yte).items()}
+    test_metrics = {k: float(v) for k, v in classification_metrics(num_classes)(logits, yte).items()}
     test_metrics["loss"] = float(F.cross_entropy(logits, yte))
     return {
         "test": test_metrics,

@@ -9,11 +9,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
+from torchmetrics.classification import MulticlassRecall
 
 from .backbones import block_map, create_backbone, data_config
 from .errors import ConfigError
+from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,7 @@ class TransferModule(L.LightningModule):
         self.group_names = list(self.groups)
         self._bn_by_group = self._batchnorms_by_group()
         self.frozen_bn_groups: set[str] = set()
-        metrics = {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        }
-        if num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-        # No compute groups: torchmetrics merges metrics whose states match after the first batch (top-5
-        # accuracy and macro F1 when that batch is all right), and the merged F1 then reads top-5's counts.
-        base = MetricCollection(metrics, compute_groups=False)
+        base = classification_metrics(num_classes)
         self.train_metrics = base.clone(prefix="train/")
         self.val_metrics = base.clone(prefix="val/")
         self.test_metrics = base.clone(prefix="test/")

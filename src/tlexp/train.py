@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from .atomic import write_text
 from .auto import uses_pilots
 from .build import Run, build_run, check_config, init_head, plain
-from .claim import claim_run_dir
+from .claim import abandon, claim_run_dir
 from .cli import compose_config
 from .errors import Stopped, exit_on_user_error
 from .evaluate import evaluate
@@ -172,7 +172,10 @@ def main(cfg: DictConfig) -> float | None:
         exit_on_user_error(check_resume_overrides)(list(HydraConfig.get().overrides.task))
     if _in_sweep():
         return exit_on_user_error(train_in_sweep)(cfg)
-    return objective(cfg, exit_on_user_error(train)(cfg))
+    try:
+        return objective(cfg, exit_on_user_error(train)(cfg))
+    finally:
+        abandon(Path(str(cfg.output_dir)))
 
 
 if __name__ == "__main__":

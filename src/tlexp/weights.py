@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -20,6 +21,7 @@ BUNDLED = {
 }
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+log = logging.getLogger(__name__)
 _HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head_dist.", "last_linear.")
 
 
@@ -140,6 +142,10 @@ def load_file(model: nn.Module, name: str, path: str) -> str:
         raise WeightsUnavailable(
             f"weights file {file} does not fit model '{name}': {detail}. Is it a checkpoint of the same architecture?"
         )
+    unused = [k for k in state if k not in target]
+    if unused:  # timm logs these too: a file with more in it than this backbone may be another variant
+        log.warning("weights file %s: %d keys this backbone does not have were not loaded (e.g. %s)",
+                    file, len(unused), unused[:3])  # fmt: skip
     model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
     return f"file:{file}"
 
