@@ -102,3 +102,36 @@ def test_without_augmentation_the_probe_fits_the_clean_features_alone(tmp_path, 
     overrides = ("strategy=lp_ft", "strategy.phases.0.epochs=1", "strategy.probe_views=2", "augment.enabled=false")
     metrics = train(_cfg(tmp_path, tiny_weights, "run", *overrides))
     assert metrics["head_init"]["views"] == 0 and len(_payloads(tmp_path / "cache")) == 2
+
+
+def _rule_data(seed: int, n: int, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 30, generator=g, dtype=torch.float64)
+    return x, (x[:, feature] + 0.8 * torch.randn(n, generator=g, dtype=torch.float64) > 0).long()
+
+
+def test_the_probe_chooses_its_l2_on_val_and_never_on_test():
+    from tlexp.linear_probe import L2_GRID, _fit, linear_probe
+
+    train, val = _rule_data(1, 40, 0), _rule_data(101, 200, 0)
+    test = _rule_data(201, 200, 1)  # another labelling rule: its best L2 is another one
+    mean, std = train[0].mean(0), train[0].std(0)
+    val_acc, test_acc, init = {}, {}, None
+    for l2 in sorted(L2_GRID, reverse=True):  # each fit on its own, accuracies by plain arithmetic
+        init = _fit((train[0] - mean) / std, train[1], 2, l2, init)
+        for acc, (x, y) in ((val_acc, val), (test_acc, test)):
+            acc[l2] = (((x - mean) / std @ init[0] + init[1]).argmax(1) == y).double().mean().item()
+    on_val, on_test = max(val_acc, key=val_acc.get), max(test_acc, key=test_acc.get)
+    assert on_val != on_test and list(val_acc.values()).count(val_acc[on_val]) == 1  # the data can tell them apart
+    assert linear_probe(train, val, test, 2)["l2"] == on_val
+
+
+def test_l2_values_tied_on_val_accuracy_are_decided_by_val_log_loss():
+    from tlexp.linear_probe import fit_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()  # the three L2 values get the same 18 of 20 val images right, surer as L2 falls
+    fitted = fit_probe((x[:40], y[:40]), (x[40:], y[40:]), 2, grid=(1e-1, 1e-2, 1e-3))
+    assert fitted["val_acc"] == 0.9 and fitted["tied_on_val_acc"] == 3
+    assert fitted["l2"] == 1e-3  # the lowest val loss of the three; the old rule kept the strongest, 1e-1

@@ -40,17 +40,27 @@ def fit_probe(train, val, num_classes: int, grid=L2_GRID) -> dict:
     # Standardise with train statistics: one L2 grid then suits every backbone's feature scale.
     mean, std = xtr.double().mean(0), xtr.double().std(0).clamp_min(1e-6)
     xtr, xva = ((x.double() - mean) / std for x in (xtr, xva))
-    best, init = None, None
+    fits, init = [], None
     with torch.enable_grad():
         for l2 in sorted(grid, reverse=True):  # strong to weak, each warm-started from the last
             init = _fit(xtr, ytr, num_classes, l2, init)
-            val_acc = ((xva @ init[0] + init[1]).argmax(1) == yva).double().mean().item()
-            if best is None or val_acc > best[1]:
-                best = (l2, val_acc, init)
-    l2, val_acc, (w, b) = best
+            logits = xva @ init[0] + init[1]
+            val_acc = (logits.argmax(1) == yva).double().mean().item()
+            fits.append((l2, val_acc, float(F.cross_entropy(logits, yva)), init))
+    # Best val accuracy; a small val set ties often, and then the val log-loss still tells the fits apart.
+    top = max(f[1] for f in fits)
+    tied = [f for f in fits if f[1] == top]
+    l2, val_acc, val_loss, (w, b) = min(tied, key=lambda f: f[2])
     # Fold the standardisation in: ((x - mean) / std) @ w + b == x @ (w / std) + (b - (mean / std) @ w).
     weight, bias = w / std[:, None], b - (mean / std) @ w
-    return {"weight": weight.T.float(), "bias": bias.float(), "l2": l2, "val_acc": val_acc}
+    return {
+        "weight": weight.T.float(),
+        "bias": bias.float(),
+        "l2": l2,
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "tied_on_val_acc": len(tied),  # > 1: the choice rested on the val log-loss
+    }
 
 
 def linear_probe(train, val, test, num_classes: int, grid=L2_GRID) -> dict:
@@ -65,6 +75,7 @@ def linear_probe(train, val, test, num_classes: int, grid=L2_GRID) -> dict:
         "test": test_metrics,
         "val_acc": fitted["val_acc"],
         "l2": fitted["l2"],
+        "l2_tied_on_val_acc": fitted["tied_on_val_acc"],
         "l2_grid": list(grid),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -79,6 +90,7 @@ def init_head(linear: torch.nn.Linear, train, val, num_classes: int) -> dict:
         linear.bias.copy_(fitted["bias"])
     return {
         "l2": fitted["l2"],
+        "l2_tied_on_val_acc": fitted["tied_on_val_acc"],
         "val_acc": round(fitted["val_acc"], 4),
         "seconds": round(time.perf_counter() - started, 2),
     }
