@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu bench-cache bench-recipes bench-datasets bench-auto clean-cache tensorboard evaluate predict export lint clean
+.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu bench-cache bench-recipes bench-datasets bench-auto clean-cache tensorboard evaluate predict export lint docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +84,10 @@ lint: ## ruff
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+docs: ## build the docs site (strict)
+	$(PY) docs/gen_config_reference.py
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean: ## remove build and test debris (keeps outputs/ and .venv)
-	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist site src/*.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

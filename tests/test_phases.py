@@ -87,6 +87,17 @@ def test_schedules_start_at_full_lr_and_decay():
     assert schedule_factor("cosine", 0.0, warmup=0.1) == pytest.approx(1e-3)
 
 
+def group_lrs(optimizer) -> dict[str, float]:
+    """Each block's learning rate; a block has two optimizer groups of its name (weight decay and none), and both
+    must carry the same rate, so a mismatch between them cannot hide behind a dict keyed by name."""
+    by_name: dict[str, list[float]] = {}
+    for group in optimizer.param_groups:
+        by_name.setdefault(group["name"], []).append(group["lr"])
+    for name, lrs in by_name.items():
+        assert len(set(lrs)) == 1, f"{name}'s decay and no-decay groups differ: {lrs}"
+    return {name: lrs[0] for name, lrs in by_name.items()}
+
+
 class Recorder(Callback):
     """Records, at the first batch of every epoch, what trains, each group's lr and BN modes."""
 
@@ -101,7 +112,7 @@ class Recorder(Callback):
         self.epochs.append(
             {
                 "trainable": {g: all(p.requires_grad for p in ps) for g, ps in pl_module.groups.items()},
-                "lr": {grp["name"]: grp["lr"] for grp in optimizer.param_groups},
+                "lr": group_lrs(optimizer),
                 "bn_training": {g: [bn.training for bn in bns] for g, bns in pl_module._bn_by_group.items()},
             }
         )
@@ -198,7 +209,7 @@ class StepLrs(Callback):
         self.steps: list[dict[str, float]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.steps.append({group["name"]: group["lr"] for group in optimizer.param_groups})
+        self.steps.append(group_lrs(optimizer))
 
 
 def test_finetune_trains_pretrained_groups_10x_slower_than_the_head_at_run_time(tiny_cfg):
@@ -209,6 +220,7 @@ def test_finetune_trains_pretrained_groups_10x_slower_than_the_head_at_run_time(
     lrs = StepLrs()
     train(cfg, callbacks=[lrs])
     assert len(lrs.steps) > 4 and lrs.steps[0]["head"] == pytest.approx(configured.head)
+    assert lrs.steps[1]["head"] < lrs.steps[0]["head"]  # the schedule moves every batch, not once an epoch
     for step in lrs.steps:
         backbone = [lr for name, lr in step.items() if name != "head"]
         assert step["head"] > 0 and backbone == pytest.approx([step["head"] / ratio] * len(backbone)), step
