@@ -34,6 +34,18 @@ class StopAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)  # Lightning stops at the end of this batch
 
 
+class FirstBatchSteps(Callback):
+    """AdamW's step count of a group's parameters at the first batch a run trains (after the phase is applied)."""
+
+    def __init__(self, group: str):
+        self.group, self.steps = group, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.steps is None:
+            state = trainer.optimizers[0].state
+            self.steps = [float(state[p]["step"]) if "step" in state[p] else 0.0 for p in pl_module.groups[self.group]]
+
+
 def _ckpt(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
@@ -69,7 +81,11 @@ def test_ctrl_c_saves_last_ckpt_and_resume_lands_in_the_same_phase(tiny_cfg, cap
     assert f"resume={run}" in capsys.readouterr().err
     assert not (run / "metrics.json").exists()
 
-    metrics = train(tiny_cfg(f"resume={run}"))
+    first = FirstBatchSteps("stage4")
+    metrics = train(tiny_cfg(f"resume={run}"), callbacks=[first])
+    # Resumed inside phase 2's first epoch: stage4's optimizer state from that epoch's first step is kept, not reset
+    # as at a phase's start (the phase index in the checkpoint says the phase had begun).
+    assert first.steps and set(first.steps) == {1.0}
     assert metrics["resumed"] and _ckpt(run)["global_step"] == 3 * 2
     history = metrics["phase_history"]
     assert [(h["epoch"], h["phase"]) for h in history] == [(0, 0), (1, 1), (2, 2)]
