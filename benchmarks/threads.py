@@ -14,7 +14,7 @@ import time
 import timm
 import torch
 
-from tlexp.accel import busy_cores, resolve_threads
+from tlexp.run.accel import busy_cores, resolve_threads
 
 
 def main(steps: int = 6, repeats: int = 2) -> None:

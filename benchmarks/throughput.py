@@ -37,9 +37,9 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tlexp.accel import prepare_backbone, resolve_precision  # noqa: E402
-from tlexp.build import build_datamodule, preprocessing  # noqa: E402
-from tlexp.module import TransferModule  # noqa: E402
+from tlexp.model.module import TransferModule  # noqa: E402
+from tlexp.run.accel import prepare_backbone, resolve_precision  # noqa: E402
+from tlexp.run.build import build_datamodule, preprocessing  # noqa: E402
 from tlexp.train import train  # noqa: E402
 
 TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0", "resnet18": "resnet18", "resnet50": "resnet50"}

@@ -23,11 +23,12 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import compose_cfg
 from tlexp import evaluate, export, predict
+from tlexp.config.errors import DataError
 from tlexp.data.images import open_rgb
 from tlexp.data.sources import synthetic
 from tlexp.data.transforms import eval_transform
-from tlexp.errors import DataError
-from tlexp.inference import load_classifier, load_trained
+from tlexp.evaluation import report
+from tlexp.model.inference import load_classifier, load_trained
 from tlexp.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def test_onnx_and_torchscript_exports_match_the_lightning_model(run):
 
 
 def compose_export(ckpt: Path, fmt: str):
-    from tlexp.cli import parse_args
+    from tlexp.config.cli import parse_args
 
     return parse_args([f"ckpt={ckpt}", f"format={fmt}"], "export", "")
 
@@ -244,7 +245,7 @@ def test_evaluate_on_demand_uses_the_run_dataset_and_refuses_other_classes(run, 
 
 def test_per_class_report_from_a_known_confusion_matrix():
     matrix = np.array([[8, 2, 0], [1, 3, 0], [0, 0, 0]])
-    rows = evaluate.per_class_report(matrix, ["a", "b", "c"])
+    rows = report.per_class_report(matrix, ["a", "b", "c"])
     assert rows[0]["precision"] == pytest.approx(8 / 9) and rows[0]["recall"] == pytest.approx(0.8)
     assert rows[1]["f1"] == pytest.approx(2 * 0.6 * 0.75 / 1.35)
     assert rows[2]["support"] == 0 and rows[2]["f1"] == 0
@@ -266,19 +267,17 @@ def test_report_confusion_matrix_and_ece_match_a_hand_computation(tmp_path, monk
     labels = torch.tensor([t for t, _ in rows])
     logits = torch.tensor([p for _, p in rows]).log()  # softmax(log p) = p
     shown = []
-    original = evaluate.figures.confusion_figure
-    monkeypatch.setattr(evaluate.figures, "confusion_figure", lambda m, n: shown.append(m) or original(m, n))
+    original = report.figures.confusion_figure
+    monkeypatch.setattr(report.figures, "confusion_figure", lambda m, n: shown.append(m) or original(m, n))
     datamodule = SimpleNamespace(class_names=["a", "b", "c"])
-    summary = evaluate.evaluate(
-        None, datamodule, tmp_path, temperature=False, top_loss_count=0, logits=(logits, labels)
-    )
+    summary = report.evaluate(None, datamodule, tmp_path, temperature=False, top_loss_count=0, logits=(logits, labels))
     np.testing.assert_array_equal(shown[0], [[2, 1, 0], [1, 2, 0], [1, 0, 1]])  # rows: true class, columns: predicted
     # Bins by confidence: 0.9 (2 right of 2), 0.7 (2 of 3), 0.55 (1 of 2), 0.45 (0 of 1).
     ece = 2 / 8 * (1 - 0.9) + 3 / 8 * abs(2 / 3 - 0.7) + 2 / 8 * abs(1 / 2 - 0.55) + 1 / 8 * abs(0 - 0.45)
     assert summary["ece"] == pytest.approx(ece, abs=1e-6)
     assert summary["accuracy"] == pytest.approx(5 / 8) and summary["misclassified"] == 3
     with open(tmp_path / "classification_report.csv") as f:
-        report = {r["class"]: r for r in csv.DictReader(f)}
-    assert [int(report[c]["support"]) for c in "abc"] == [3, 3, 2]
-    assert float(report["a"]["precision"]) == pytest.approx(2 / 4, abs=1e-4)
+        by_class = {r["class"]: r for r in csv.DictReader(f)}
+    assert [int(by_class[c]["support"]) for c in "abc"] == [3, 3, 2]
+    assert float(by_class["a"]["precision"]) == pytest.approx(2 / 4, abs=1e-4)
     assert json.loads((tmp_path / "summary.json").read_text())["ece"] == summary["ece"]

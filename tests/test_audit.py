@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tlexp.module import TransferModule
-from tlexp.phases import PhaseSchedule, build_phases
+from tlexp.model.module import TransferModule
+from tlexp.model.phases import PhaseSchedule, build_phases
 
 from .conftest import TINY
 
@@ -34,7 +34,7 @@ def test_audit_table_lists_every_group_with_count_lr_wd_and_bn(module, caplog):
     optimizer = module.configure_optimizers()
     phase = _phase(module, ["head", "last"])
     _apply(module, optimizer, phase)
-    with caplog.at_level(logging.INFO, logger="tlexp.module"):
+    with caplog.at_level(logging.INFO, logger="tlexp.model.module"):
         rows = module.audit_groups(optimizer, phase, 1, "requires_grad")
     by_group = {r["group"]: r for r in rows}
     assert list(by_group) == module.group_names

@@ -17,10 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import tlexp.train as train_module
 from tlexp import auto
 from tlexp.auto import Standing, better_half, choose, explain, paired_noise, still_open
-from tlexp.build import check_config
+from tlexp.config.errors import ConfigError
 from tlexp.data import TransferDataModule
-from tlexp.errors import ConfigError
-from tlexp.evidence import feature_evidence, knn_predict, stratified_folds
+from tlexp.features.evidence import feature_evidence, knn_predict, stratified_folds
+from tlexp.run.build import check_config
 from tlexp.train import train
 
 from .conftest import compose_cfg
@@ -161,7 +161,7 @@ def test_feature_evidence_separates_signal_from_noise():
 def test_a_pilot_is_judged_by_its_best_val_epoch_so_far():
     from types import SimpleNamespace
 
-    from tlexp.pilots import BestVal
+    from tlexp.auto.pilots import BestVal
 
     best, trainer = BestVal(), SimpleNamespace(sanity_checking=False)
     for right in (7, 9, 8):  # val accuracy per epoch: the second epoch is the best

@@ -10,8 +10,8 @@ import timm
 import torch
 import yaml
 
-from tlexp.backbones import block_map
-from tlexp.phases import _selector_groups
+from tlexp.model.backbones import block_map
+from tlexp.model.phases import _selector_groups
 
 MODELS = sorted((Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlexp.calibration import expected_calibration_error, fit_temperature, nll, reliability_bins
+from tlexp.evaluation.calibration import expected_calibration_error, fit_temperature, nll, reliability_bins
 
 
 def test_ece_is_zero_when_confidence_equals_accuracy_and_the_gap_otherwise():
@@ -36,7 +36,7 @@ def _made_with_temperature(t: float, n: int, seed: int) -> tuple[torch.Tensor, t
 def test_the_report_fits_its_temperature_on_val_never_on_the_split_it_judges(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from tlexp import evaluate as evaluation
+    from tlexp.evaluation import report as evaluation
 
     val = _made_with_temperature(2.5, 600, seed=1)  # over the 50 images below which fitting is skipped
     test = _made_with_temperature(0.6, 600, seed=2)
@@ -47,7 +47,7 @@ def test_the_report_fits_its_temperature_on_val_never_on_the_split_it_judges(tmp
 
 
 def test_top_losses_are_the_most_confidently_wrong_first():
-    from tlexp.evaluate import top_losses
+    from tlexp.evaluation.report import top_losses
 
     probs = torch.tensor([[0.6, 0.4], [0.1, 0.9], [0.95, 0.05], [0.3, 0.7], [0.2, 0.8]])
     labels = torch.tensor([1, 0, 0, 0, 1])  # wrong: 0 (0.6), 1 (0.9), 3 (0.7); right: 2, 4

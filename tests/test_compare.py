@@ -12,8 +12,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tlexp.auto import decide
-from tlexp.errors import ConfigError
-from tlexp.report import write_report
+from tlexp.comparison.report import write_report
+from tlexp.config.errors import ConfigError
 from tlexp.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

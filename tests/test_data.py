@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tlexp.config.errors import DataError
 from tlexp.data import TransferDataModule
 from tlexp.data.sources import FASHION_MNIST_CLASSES, fashion_mnist, image_folder
 from tlexp.data.transforms import eval_transform, train_transform
-from tlexp.errors import DataError
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -4,7 +4,7 @@
 docs/*.md and runs it with `--cfg job` appended: Hydra composes the config, prints it and exits 0, and tlexp's own
 pre-Hydra checks (a missing dataset folder, a directory that holds a run) step aside for Hydra's flags, so a command
 on `dataset.root=$HOME/photos` needs no photos. The composed config is then checked against tlexp's rule table
-(`tlexp.validate.problems`), which `--cfg job` skips, so a bad value (`data.batch_size=0`) fails too.
+(`tlexp.config.validate.problems`), which `--cfg job` skips, so a bad value (`data.batch_size=0`) fails too.
 
 Hydra refuses `-m` together with `--cfg` ("Only one of --run, --multirun, --cfg ..."), so a multirun command is
 checked as single runs without `-m` that between them take every value of every sweep (`strategy=a,b,c` gives three
@@ -38,7 +38,7 @@ PLACEHOLDERS = ("...", "<", ">")
 
 # Commands that tlexp's own checks refuse before Hydra sees `--cfg job`; skipped here:
 #   python -m tlexp.train resume=outputs/2025-01-31/10-00-00_gradual_efficientnet_lite0   (docs/resuming.md)
-#     `resume=` is checked first (tlexp.resume.check_resume_argv: exit 2, the run directory does not exist).
+#     `resume=` is checked first (tlexp.run.resume.check_resume_argv: exit 2, the run directory does not exist).
 PRE_HYDRA_REFUSED = {"python -m tlexp.train resume=outputs/2025-01-31/10-00-00_gradual_efficientnet_lite0"}
 
 RESULTS = "@@tlexp-docs-results@@"
@@ -62,8 +62,8 @@ for entry, args, validate in json.loads(sys.argv[1]):
             GlobalHydra.instance().clear()
         if status == 0 and validate:
             try:
-                from tlexp.cli import compose_config
-                from tlexp.validate import problems
+                from tlexp.config.cli import compose_config
+                from tlexp.config.validate import problems
 
                 found = problems(compose_config(entry, args), cuda_available=True)
             except Exception as crash:  # noqa: BLE001 - a ConfigError from composing, say

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tlexp.errors import ConfigError
+from tlexp.config.errors import ConfigError
 from tlexp.train import train
 
 from .test_resume import FAST, _ckpt, whole_crashed_resumed

@@ -18,14 +18,15 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks import Callback
 
-from tlexp.backbones import create_backbone
-from tlexp.build import preprocessing
+from tlexp.config.errors import ConfigError, DataError
+from tlexp.config.validate import validate_config
 from tlexp.data.preflight import preflight
-from tlexp.errors import ConfigError, DataError
-from tlexp.features import FeatureStore
-from tlexp.inspect import inspect, small_images
+from tlexp.data.sizes import small_images
+from tlexp.features.cache import FeatureStore
+from tlexp.inspect import inspect
+from tlexp.model.backbones import create_backbone
+from tlexp.run.build import preprocessing
 from tlexp.train import train
-from tlexp.validate import validate_config
 
 from .conftest import compose_cfg, short_phases
 from .test_messy_images import ROOT, _dm, _inspect_cfg, noise

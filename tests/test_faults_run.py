@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tlexp.claim import CLAIM, claim_run_dir
-from tlexp.errors import ConfigError
+from tlexp.config.errors import ConfigError
+from tlexp.run.claim import CLAIM, claim_run_dir
 
 from .test_cli import ROOT, run_cli
 
@@ -209,7 +209,7 @@ def test_resume_of_a_folder_with_neither_config_nor_checkpoints_says_it_is_not_a
 def test_the_first_epoch_after_a_mid_epoch_resume_is_timed_from_the_start_of_training(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from tlexp import progress
+    from tlexp.run import progress
 
     clock = iter([1000.0, 1002.5])
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
@@ -270,7 +270,7 @@ def _tiny(tmp_path, tiny_weights, *overrides):
 
 def test_sigterm_during_the_probe_is_one_message_with_what_to_do(tmp_path, tiny_weights, monkeypatch, capsys):
     from tlexp import train as train_module
-    from tlexp.errors import exit_on_user_error
+    from tlexp.config.errors import exit_on_user_error
 
     real = train_module.init_head
 
@@ -295,9 +295,9 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_message_and_the_last_checkp
 
     import torch
 
-    from tlexp import atomic
-    from tlexp.errors import exit_on_user_error
-    from tlexp.resume import damaged
+    from tlexp.config.errors import exit_on_user_error
+    from tlexp.run import atomic
+    from tlexp.run.resume import damaged
     from tlexp.train import train
 
     saves, real_save = [], torch.save
@@ -333,8 +333,8 @@ def test_a_new_run_on_a_folder_it_cannot_write_is_one_message_before_hydra_write
 def test_a_resume_onto_a_full_disk_is_refused_before_anything_is_written(stopped, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from tlexp import validate
-    from tlexp.resume import check_resume_argv
+    from tlexp.config import validate
+    from tlexp.run.resume import check_resume_argv
 
     monkeypatch.setattr(validate.shutil, "disk_usage", lambda p: SimpleNamespace(free=2**20, total=2**30))
     before = _tree(stopped)

@@ -23,8 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tlexp import atomic, export
-from tlexp.inference import sidecar_path
+from tlexp import export
+from tlexp.model.inference import sidecar_path
+from tlexp.run import atomic
 from tlexp.train import train
 
 from .conftest import compose_cfg

@@ -13,12 +13,12 @@ import torch
 import torchvision
 from lightning.pytorch.callbacks import Callback
 
-from tlexp.accel import apply_channels_last
-from tlexp.backbones import create_backbone
+from tlexp.config.errors import ConfigError
 from tlexp.data import TransferDataModule
-from tlexp.errors import ConfigError
-from tlexp.features import FeatureCache, FeatureStore
-from tlexp.linear_probe import linear_probe
+from tlexp.features.cache import FeatureCache, FeatureStore
+from tlexp.features.probe import linear_probe
+from tlexp.model.backbones import create_backbone
+from tlexp.run.accel import apply_channels_last
 from tlexp.train import train
 
 from .conftest import TINY, compose_cfg

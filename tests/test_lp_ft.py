@@ -8,9 +8,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tlexp.errors import ConfigError
-from tlexp.features import FeatureStore
-from tlexp.linear_probe import fit_probe, init_head
+from tlexp.config.errors import ConfigError
+from tlexp.features.cache import FeatureStore
+from tlexp.features.probe import fit_probe, set_head_to_probe
 from tlexp.train import train
 
 from .test_features import _cfg
@@ -27,7 +27,7 @@ def test_folded_probe_weights_give_the_standardised_probe_logits():
     train_, val = _blobs(30, gen, centres), _blobs(10, gen, centres)
     fitted = fit_probe(train_, val, 3)
     head = torch.nn.Linear(6, 3)
-    result = init_head(head, train_, val, 3)
+    result = set_head_to_probe(head, train_, val, 3)
     with torch.no_grad():
         acc = (head(val[0]).argmax(1) == val[1]).float().mean().item()
     assert torch.allclose(head.weight, fitted["weight"]) and fitted["weight"].shape == (3, 6)
@@ -111,7 +111,7 @@ def _rule_data(seed: int, n: int, feature: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def test_the_probe_chooses_its_l2_on_val_and_never_on_test():
-    from tlexp.linear_probe import L2_GRID, _fit, linear_probe
+    from tlexp.features.probe import L2_GRID, _fit, linear_probe
 
     train, val = _rule_data(1, 40, 0), _rule_data(101, 200, 0)
     test = _rule_data(201, 200, 1)  # another labelling rule: its best L2 is another one
@@ -127,7 +127,7 @@ def test_the_probe_chooses_its_l2_on_val_and_never_on_test():
 
 
 def test_l2_values_tied_on_val_accuracy_are_decided_by_val_log_loss():
-    from tlexp.linear_probe import fit_probe
+    from tlexp.features.probe import fit_probe
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 4, generator=g, dtype=torch.float64)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tlexp.lr_find import apply_overrides, loss_rises_at
+from tlexp.run.lr_find import apply_overrides, loss_rises_at
 from tlexp.train import train
 
 

@@ -17,11 +17,11 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from tlexp.config.errors import DataError
 from tlexp.data import TransferDataModule
 from tlexp.data import preflight as preflight_mod
 from tlexp.data.images import BadImage, ImageFiles, TransformedImages, open_rgb
 from tlexp.data.preflight import preflight
-from tlexp.errors import DataError
 from tlexp.inspect import inspect
 from tlexp.train import train
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
-from tlexp.metrics import classification_metrics
-from tlexp.module import TransferModule
+from tlexp.model.metrics import classification_metrics
+from tlexp.model.module import TransferModule
 
 from .conftest import TINY
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tlexp import export, predict
-from tlexp.errors import ConfigError
+from tlexp.config.errors import ConfigError
 
 from .conftest import short_phases
 
@@ -77,7 +77,7 @@ def test_the_installed_wheel_composes_its_configs_outside_the_checkout(venv_pyth
     job = _run(venv_python, "-m", "tlexp.train", "--cfg", "job", "model=test_resnet", "strategy=finetune", cwd=tmp_path)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "name: test_resnet.r160_in1k" in job.stdout and "name: finetune" in job.stdout
-    # evaluate / predict / export compose through tlexp.cli: a missing argument, not a missing config.
+    # evaluate / predict / export compose through tlexp.config.cli: a missing argument, not a missing config.
     usage = _run(venv_python, "-m", "tlexp.predict", "top_k=2", cwd=tmp_path)
     assert usage.returncode == 2 and "missing ckpt=..., input=..." in usage.stderr, usage.stderr[-2000:]
     # advise and strategy=auto read strategy YAMLs themselves (tlexp.auto), not through Hydra.

@@ -6,8 +6,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tlexp.errors import ConfigError
-from tlexp.phases import build_phases, schedule_factor
+from tlexp.config.errors import ConfigError
+from tlexp.model.phases import build_phases, schedule_factor
 from tlexp.train import train
 
 from .conftest import short_phases

@@ -20,12 +20,12 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from tlexp import atomic
-from tlexp.atomic import AtomicCheckpointIO, atomic_open, atomic_path, write_text
-from tlexp.calibration import calibrate, fit_temperature, nll
-from tlexp.errors import ConfigError
-from tlexp.guards import RequireTraining, no_training_reason
-from tlexp.resume import check_resume_argv
+from tlexp.config.errors import ConfigError
+from tlexp.evaluation.calibration import calibrate, fit_temperature, nll
+from tlexp.run import atomic
+from tlexp.run.atomic import AtomicCheckpointIO, atomic_open, atomic_path, write_text
+from tlexp.run.guards import RequireTraining, no_training_reason
+from tlexp.run.resume import check_resume_argv
 from tlexp.train import train
 
 from .conftest import compose_cfg

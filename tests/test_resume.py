@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp.errors import ConfigError, TrainingDiverged
-from tlexp.resume import check_resume_overrides
+from tlexp.config.errors import ConfigError, TrainingDiverged
+from tlexp.run.resume import check_resume_overrides
 from tlexp.train import train
 
 from .conftest import short_phases
@@ -143,7 +143,7 @@ def test_nan_loss_stops_naming_epoch_step_phase_and_keeps_the_last_checkpoint(ti
 
 
 def test_a_sweep_run_again_in_place_reads_back_resumes_or_restarts(tmp_path):
-    from tlexp.resume import in_place
+    from tlexp.run.resume import in_place
 
     def run_dir(name: str, strategy: str, *files: str) -> DictConfig:
         out = tmp_path / name

@@ -15,12 +15,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tlexp.accel import gpus_on_node, prepare_backbone, processes_per_run, resolve_channels_last, resolve_precision
-from tlexp.build import build_datamodule, check_config
+from tlexp.config.errors import ConfigError
 from tlexp.data.batch_augment import BatchAugment
 from tlexp.data.datamodule import auto_workers
 from tlexp.data.transforms import eval_transform
-from tlexp.errors import ConfigError
+from tlexp.run.accel import gpus_on_node, prepare_backbone, processes_per_run, resolve_channels_last, resolve_precision
+from tlexp.run.build import build_datamodule, check_config
 from tlexp.train import objective, train
 
 from .conftest import CONF, TINY, compose_cfg
@@ -226,7 +226,7 @@ def test_a_failed_optuna_trial_is_recorded_and_the_study_goes_on(tmp_path, tiny_
 
 
 def test_threads_auto_leaves_the_busy_cores_to_the_other_jobs(monkeypatch):
-    from tlexp import accel
+    from tlexp.run import accel
 
     monkeypatch.setattr(accel, "STARTING_THREADS", 8)
     assert accel.resolve_threads("auto", "cpu", cores=8, busy=0) == 8

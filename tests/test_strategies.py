@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from torchmetrics.functional.classification import multiclass_f1_score, multiclass_recall
 
 from tlexp.data import TransferDataModule
-from tlexp.evaluate import collect_logits
-from tlexp.inference import load_trained
+from tlexp.evaluation.report import collect_logits
+from tlexp.model.inference import load_trained
 from tlexp.train import train
 
 from .conftest import short_phases

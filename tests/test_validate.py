@@ -12,10 +12,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tlexp import validate, weights
-from tlexp.errors import ConfigError, DataError, WeightsUnavailable
+from tlexp.config import validate
+from tlexp.config.errors import ConfigError, DataError, WeightsUnavailable
+from tlexp.config.validate import check_writable, rule, rules, user_keys, validate_config
 from tlexp.inspect import check_has_images, stop_if_training_would
-from tlexp.validate import check_writable, rule, rules, user_keys, validate_config
+from tlexp.model import weights
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -17,11 +17,11 @@ import torchvision
 from matplotlib import cbook
 from safetensors.torch import save_file
 
-from tlexp.backbones import block_map, create_backbone, data_config
+from tlexp.config.errors import ConfigError, WeightsUnavailable
 from tlexp.data.images import open_rgb
 from tlexp.data.transforms import eval_transform
-from tlexp.errors import ConfigError, WeightsUnavailable
-from tlexp.weights import load_bundled
+from tlexp.model.backbones import block_map, create_backbone, data_config
+from tlexp.model.weights import load_bundled
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "test_resnet.r160_in1k"
@@ -78,7 +78,7 @@ def test_keys_the_backbone_does_not_have_are_named_not_dropped_silently(tmp_path
     path = tmp_path / "more.pth"
     extra = {"aux.proj.weight": torch.ones(2, 2), "aux.proj.bias": torch.ones(2), "fc.weight": torch.ones(3, 8)}
     torch.save({**ref.state_dict(), **extra}, path)
-    with caplog.at_level(logging.WARNING, logger="tlexp.weights"):
+    with caplog.at_level(logging.WARNING, logger="tlexp.model.weights"):
         model, _ = create_backbone(TINY, str(path))
     assert (
         "2 keys this backbone does not have were not loaded (e.g. ['aux.proj.weight', 'aux.proj.bias'])" in caplog.text

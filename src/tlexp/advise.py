@@ -21,20 +21,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from tlexp.auto.pilots import select
+from tlexp.config.cli import precheck
+from tlexp.config.errors import ConfigError, WeightsUnavailable, exit_on_user_error
+from tlexp.config.validate import config_names, validate_config
+from tlexp.data.images import ImageFiles
+from tlexp.data.preflight import probe
+from tlexp.data.sources import load_source
+from tlexp.features.cache import eval_feature_cache, extract
+from tlexp.features.evidence import FeatureEvidence, feature_evidence
+from tlexp.model.backbones import create_backbone
+from tlexp.run.build import build_datamodule, load_backbone, plain, preprocessing, replaced
+
 from . import auto
-from .backbones import create_backbone
-from .build import build_datamodule, load_backbone, plain, preprocessing, replaced
-from .cli import precheck
 from .data import TransferDataModule
-from .data.images import ImageFiles
-from .data.preflight import probe
-from .data.sources import load_source
-from .errors import ConfigError, WeightsUnavailable, exit_on_user_error
-from .evidence import FeatureEvidence, feature_evidence
-from .features import eval_features, extract
-from .inspect import shorter_sides, small_images
-from .pilots import select
-from .validate import config_names, validate_config
+from .data.sizes import shorter_sides, small_images
 
 log = logging.getLogger(__name__)
 SPEED_IMAGES = 256  # val images timed through the backbone for its forward speed
@@ -115,7 +116,7 @@ def rank_backbones(cfg: DictConfig, models: list[str]) -> list[Ranked]:
         pre = preprocessing(model_cfg, backbone)
         dm = build_datamodule(model_cfg, pre)
         dm.setup()
-        features = eval_features(plain(model_cfg.cache), dm, backbone, model_cfg.model.name)
+        features = eval_feature_cache(plain(model_cfg.cache), dm, backbone, model_cfg.model.name)
         found = feature_evidence(features.features("train"), features.features("val"), dm.num_classes)
         ranked.append(Ranked(name, found, forward_speed(backbone, dm)))
     return sorted(ranked, key=lambda r: -1.0 if r.evidence is None else r.evidence.cv_acc, reverse=True)

@@ -11,10 +11,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import precheck
-from .errors import ConfigError, exit_on_user_error
-from .report import write_report
-from .validate import validate_config
+from tlexp.comparison.report import write_report
+from tlexp.config.cli import precheck
+from tlexp.config.errors import ConfigError, exit_on_user_error
+from tlexp.config.validate import validate_config
 
 OWN_KEYS = {"strategies", "seeds", "sizes", "size_unit", "report_only", "dir"}
 SIZE_KEYS = {"per_class": "dataset.per_class", "total": "dataset.train_size"}

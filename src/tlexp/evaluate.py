@@ -1,186 +1,24 @@
-"""The evaluation report: confusion matrix, per-class report, top losses, calibration.
-
-Written to `<run>/evaluation/` after test, or on demand for any checkpoint:
-    python -m tlexp.evaluate ckpt=<file.ckpt> [dataset=<name> dataset.root=...] [split=test] [out=<dir>]
+"""`python -m tlexp.evaluate`: the evaluation report (tlexp.evaluation.report) of any checkpoint on any dataset:
+python -m tlexp.evaluate ckpt=<file.ckpt> [dataset=<name> dataset.root=...] [split=test] [out=<dir>]
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
-import json
 import logging
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
-from . import calibration, figures
-from .atomic import write_text
-from .cli import parse_args, run_dir_of
+from tlexp.config.cli import parse_args, run_dir_of
+from tlexp.config.errors import ConfigError, DataError, exit_on_user_error
+from tlexp.model.inference import load_trained
+from tlexp.run.resume import RUN_CONFIG
+
 from .data import TransferDataModule
-from .errors import ConfigError, DataError, exit_on_user_error
-from .inference import load_trained
-from .resume import RUN_CONFIG
+from .evaluation.report import BINS, evaluate
 
 log = logging.getLogger("tlexp")
-BINS = 15
-
-
-@torch.no_grad()  # not inference_mode: temperature fitting needs autograd on these logits
-def collect_logits(module, loader, device=None, limit: float | int = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a loader, in loader order, with the module in eval mode on `device`.
-
-    `limit` reads like Lightning's `limit_test_batches`: a count of batches (int) or a fraction (float).
-    """
-    batches = limit if isinstance(limit, int) else math.ceil(float(limit) * len(loader))
-    was_training = module.training
-    module.eval().to(device or module.device)
-    logits, labels = [], []
-    for x, y in itertools.islice(loader, batches):
-        logits.append(module(x.to(module.device)).float().cpu())
-        labels.append(y)
-    module.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Counts with rows = true class, columns = predicted class."""
-    return MulticlassConfusionMatrix(num_classes)(predicted, labels).numpy()
-
-
-def ece(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Expected calibration error over BINS equal-width confidence bins (top-1, L1)."""
-    return float(MulticlassCalibrationError(probs.shape[1], n_bins=BINS, norm="l1")(probs, labels))
-
-
-def per_class_report(matrix: np.ndarray, class_names: list[str]) -> list[dict]:
-    """Precision, recall, F1 and support per class, then macro and support-weighted averages."""
-    tp = np.diag(matrix).astype(float)
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    rows = [
-        {"class": name, "precision": p, "recall": r, "f1": f, "support": int(s)}
-        for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
-    ]
-    weights = support / max(1, support.sum())
-    for name, w in (("macro avg", np.full(len(tp), 1 / len(tp))), ("weighted avg", weights)):
-        rows.append(
-            {
-                "class": name,
-                "precision": float(precision @ w),
-                "recall": float(recall @ w),
-                "f1": float(f1 @ w),
-                "support": int(support.sum()),
-            }
-        )
-    return rows
-
-
-def write_report(rows: list[dict], accuracy: float, out: Path) -> None:
-    with open(out / "classification_report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
-        writer.writeheader()
-        writer.writerows({**r, **{k: f"{r[k]:.4f}" for k in ("precision", "recall", "f1")}} for r in rows)
-    lines = [
-        f"accuracy: {accuracy:.4f} on {rows[-1]['support']} images",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows
-    ]
-    write_text(out / "classification_report.md", "\n".join(lines) + "\n")
-
-
-def top_losses(probs: torch.Tensor, labels: torch.Tensor, count: int) -> list[int]:
-    """Indices of the most confidently wrong predictions (highest probability on a wrong class) first."""
-    confidence, predicted = probs.max(dim=1)
-    wrong = torch.nonzero(predicted != labels).flatten()
-    order = confidence[wrong].argsort(descending=True)
-    return wrong[order][:count].tolist()
-
-
-def evaluate(
-    module,
-    datamodule: TransferDataModule,
-    out: Path,
-    tensorboard=None,
-    split: str = "test",
-    temperature: bool = True,
-    top_loss_count: int = 16,
-    device=None,
-    limits: dict | None = None,
-    logits: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> dict:
-    """Write the report files for `split` into `out`; returns the summary also written to `summary.json`.
-
-    `limits` ({split: batches or fraction}) keeps the report on the same batches as the trainer's test (smoke runs).
-    `logits`: (logits, labels) of `split` in loader order when the caller has them (train.py: from trainer.test),
-    so the split is not run through the model a second time.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = datamodule.class_names
-    limits = limits or {}
-    if logits is None:
-        logits = collect_logits(module, datamodule.evaluation_loader(split), device, limits.get(split, 1.0))
-    logits, labels = logits
-    probs = logits.softmax(dim=1)
-    predicted = probs.argmax(dim=1)
-    matrix = confusion_matrix(labels, predicted, len(names))
-    accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
-    rows = per_class_report(matrix, names)
-    write_report(rows, accuracy, out)
-    figures.save(figures.confusion_figure(matrix, names), out / "confusion_matrix.png", tensorboard, "eval/confusion")
-
-    worst = top_losses(probs, labels, top_loss_count)
-    if worst:
-        images = datamodule.splits[split]
-        captions = [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in worst]
-        title = f"most confidently wrong ({split})"
-        grid = figures.grid_figure([images.image(i) for i in worst], captions, title=title)
-        figures.save(grid, out / "top_losses.png", tensorboard, "eval/top_losses")
-
-    bins = calibration.reliability_bins(probs, labels, BINS)
-    summary = {
-        "split": split,
-        "images": int(len(labels)),
-        "accuracy": accuracy,
-        "macro_f1": rows[-2]["f1"],
-        "ece": ece(probs, labels),
-        "nll": calibration.nll(logits, labels),
-        "misclassified": int((predicted != labels).sum()),
-        "worst_classes_by_recall": [r["class"] for r in sorted(rows[: len(names)], key=lambda r: r["recall"])[:3]],
-    }
-    scaled_bins = None
-    if temperature and split != "val":
-        # Fitted on val, judged on the evaluated split: the test set never tunes anything.
-        val_logits, val_labels = collect_logits(
-            module, datamodule.evaluation_loader("val"), device, limits.get("val", 1.0)
-        )
-        fitted = calibration.calibrate(val_logits, val_labels)  # skipped (and why) where T would mean nothing
-        summary.update(fitted)
-        if "temperature" in fitted:
-            t = fitted["temperature"]
-            scaled = F.softmax(logits / t, dim=1)
-            scaled_bins = calibration.reliability_bins(scaled, labels, BINS)
-            summary.update(ece_scaled=ece(scaled, labels), nll_scaled=calibration.nll(logits, labels, t))
-    fig = figures.reliability_figure(bins, summary["ece"], scaled_bins, summary.get("ece_scaled"))
-    figures.save(fig, out / "reliability.png", tensorboard, "eval/reliability")
-    summary["reliability_bins"] = bins
-    write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
 
 
 def describe(summary: dict, out: Path) -> str:

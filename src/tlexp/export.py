@@ -18,12 +18,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tlexp.config.cli import parse_args, run_dir_of
+from tlexp.config.errors import ConfigError, exit_on_user_error
+from tlexp.config.validate import check_writable
+from tlexp.model.inference import (
+    CHECKPOINT,
+    ONNX,
+    TORCHSCRIPT,
+    exported_forward,
+    load_trained,
+    onnx_module,
+    sidecar_path,
+)
+from tlexp.run.atomic import atomic_path, write_text
+
 from . import __version__
-from .atomic import atomic_path, write_text
-from .cli import parse_args, run_dir_of
-from .errors import ConfigError, exit_on_user_error
-from .inference import CHECKPOINT, ONNX, TORCHSCRIPT, exported_forward, load_trained, onnx_module, sidecar_path
-from .validate import check_writable
 
 log = logging.getLogger("tlexp")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

@@ -17,15 +17,16 @@ import matplotlib
 import numpy as np
 from omegaconf import DictConfig
 
-from .atomic import atomic_path, write_text
-from .backbones import create_backbone
-from .build import build_datamodule, preprocessing
-from .cli import precheck
+from tlexp.config.cli import precheck
+from tlexp.config.errors import DataError, exit_on_user_error
+from tlexp.config.validate import validate_config
+from tlexp.data.sizes import shorter_sides, small_images
+from tlexp.data.sources import IMAGE_EXTENSIONS, iter_files
+from tlexp.model.backbones import create_backbone
+from tlexp.run.atomic import atomic_path, write_text
+from tlexp.run.build import build_datamodule, preprocessing
+
 from .data import TransferDataModule
-from .data.preflight import Probe
-from .data.sources import IMAGE_EXTENSIONS, iter_files
-from .errors import DataError, exit_on_user_error
-from .validate import validate_config
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,27 +68,6 @@ def inspect(cfg: DictConfig) -> dict:
     plot_counts(report["counts"], out / "class_counts.png")
     plot_samples(dm, int(cfg.samples_per_class), out / "samples.png")
     return report
-
-
-def shorter_sides(probes: list[Probe]) -> list[int]:
-    return [min(p.width, p.height) for p in probes if not p.reason]
-
-
-def small_images(sides: list[int], image_size: int) -> str | None:
-    """A note when the typical image is far smaller than the input size: each is upscaled several times, and
-    costs the compute of a full-size image while holding the detail of a small one."""
-    if not sides:
-        return None
-    side, image_size = int(np.median(sides)), int(image_size)
-    if side * 3 >= image_size:
-        return None
-    smaller = min(max(32, -(-2 * side // 32) * 32), image_size // 2)  # about twice the side, in steps of 32
-    return (
-        f"the images are small for the input size: median shorter side {side} px, the model's input "
-        f"{image_size} px, so each image is upscaled {image_size / side:.1f}x. A smaller input trains faster "
-        f"per image: `dataset.preprocess.image_size={smaller}` (compare val accuracy: upscaling can still help "
-        "fine-tuning, docs/recipes.md Study 14)."
-    )
 
 
 def stop_if_training_would(report: dict, cfg: DictConfig) -> None:

@@ -19,13 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .atomic import atomic_open
-from .cli import parse_args
-from .data.images import open_rgb
-from .data.sources import IMAGE_EXTENSIONS
-from .errors import ConfigError, DataError, exit_on_user_error
-from .inference import Classifier, load_classifier
-from .validate import check_writable
+from tlexp.config.cli import parse_args
+from tlexp.config.errors import ConfigError, DataError, exit_on_user_error
+from tlexp.config.validate import check_writable
+from tlexp.data.images import open_rgb
+from tlexp.data.sources import IMAGE_EXTENSIONS
+from tlexp.model.inference import Classifier, load_classifier
+from tlexp.run.atomic import atomic_open
 
 log = logging.getLogger("tlexp")
 

@@ -18,19 +18,20 @@ from hydra.errors import HydraException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from .atomic import write_text
+from tlexp.auto.pilots import select
+from tlexp.config.cli import compose_config
+from tlexp.config.errors import Stopped, exit_on_user_error
+from tlexp.features.probe import linear_probe
+from tlexp.run.atomic import write_text
+from tlexp.run.build import Run, build_run, check_config, init_head, plain
+from tlexp.run.claim import abandon, claim_run_dir
+from tlexp.run.guards import stop_cleanly
+from tlexp.run.lr_find import find_lr
+from tlexp.run.record import Outcome, record
+from tlexp.run.resume import check_resume_argv, check_resume_overrides, finished_run, in_place
+
 from .auto import uses_pilots
-from .build import Run, build_run, check_config, init_head, plain
-from .claim import abandon, claim_run_dir
-from .cli import compose_config
-from .errors import Stopped, exit_on_user_error
-from .evaluate import evaluate
-from .guards import stop_cleanly
-from .linear_probe import linear_probe
-from .lr_find import find_lr
-from .pilots import select
-from .record import Outcome, record
-from .resume import check_resume_argv, check_resume_overrides, finished_run, in_place
+from .evaluation.report import evaluate
 
 log = logging.getLogger("tlexp")
 

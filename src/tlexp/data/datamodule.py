@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError, DataError
+from tlexp.config.errors import ConfigError, DataError
+
 from .balance import BALANCE, balanced_sampler, class_weights, imbalance_ratio
 from .balance import class_counts as _counts
 from .batch_augment import BatchAugment

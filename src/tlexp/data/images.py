@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import DataError
+from tlexp.config.errors import DataError
 
 log = logging.getLogger(__name__)
 

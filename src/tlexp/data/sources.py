@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from tlexp.config.errors import DataError
+
 from .images import ImageFiles, ImageSet, TensorImages
 
 FASHION_MNIST_CLASSES = [

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from ..errors import DataError
+from tlexp.config.errors import DataError
 
 log = logging.getLogger(__name__)
 

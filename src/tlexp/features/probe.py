@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .metrics import classification_metrics
+from tlexp.model.metrics import classification_metrics
 
 L2_GRID = tuple(10.0**k for k in range(-6, 3))  # 1e-6 .. 1e2; Kornblith et al. use 45 values over 1e-6 .. 1e5
 
@@ -81,7 +81,7 @@ def linear_probe(train, val, test, num_classes: int, grid=L2_GRID) -> dict:
     }
 
 
-def init_head(linear: torch.nn.Linear, train, val, num_classes: int) -> dict:
+def set_head_to_probe(linear: torch.nn.Linear, train, val, num_classes: int) -> dict:
     """LP-FT's first step (Kumar et al. 2022): set a linear head to the probe fitted on frozen features."""
     started = time.perf_counter()
     fitted = fit_probe(train, val, num_classes)

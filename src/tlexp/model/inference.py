@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .data.transforms import eval_transform
-from .errors import ConfigError
+from tlexp.config.errors import ConfigError
+from tlexp.data.transforms import eval_transform
 
 CHECKPOINT, ONNX, TORCHSCRIPT = ".ckpt", ".onnx", ".pt"
 

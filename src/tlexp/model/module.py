@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassRecall
 
+from tlexp.config.errors import ConfigError
+
 from .backbones import block_map, create_backbone, data_config
-from .errors import ConfigError
 from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tlexp.conf import CONF
+
 from .errors import ConfigError
 
-CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 _ABSENT = object()
 
 
@@ -194,16 +195,16 @@ PREPROCESS = {
     "crop_pct": number(0, 1, example=0.875, lo_open=True) | NULL,
 }
 OPTIMIZE_METRICS = ("best_val_acc", "fit_seconds")  # fit_seconds: with hydra.sweeper.direction=minimize
-HEAD_INITS = ("none", "probe")  # build.init_head
+HEAD_INITS = ("none", "probe")  # run.build.init_head
 SELECTOR = re.compile(r"all|backbone|head|stem|stage\d+|last(:\d+)?")
 
 
 def _rules() -> dict[str, Rule | _Lazy]:
     """The table. Values come from the code that consumes each key (named in the comment where not obvious)."""
-    from .data.balance import BALANCE
-    from .features import MODES
-    from .module import OPTIMIZERS
-    from .phases import BN_MODES, FREEZE_MODES, SCHEDULES
+    from tlexp.data.balance import BALANCE
+    from tlexp.features.cache import MODES
+    from tlexp.model.module import OPTIMIZERS
+    from tlexp.model.phases import BN_MODES, FREEZE_MODES, SCHEDULES
 
     rules: dict[str, Rule | _Lazy] = {
         # ---- train.yaml (and inspect/advise/compare, which compose it)
@@ -433,7 +434,7 @@ def _accelerator_available(accelerator: str, cuda_available: bool | None) -> lis
 
 def _strategy_problems(strategy: dict, bad_keys: set[str]) -> list[str]:
     """The phase list (phases.check_strategy, and the selector names), or auto's thresholds."""
-    from .phases import check_strategy
+    from tlexp.model.phases import check_strategy
 
     if strategy.get("name") == "auto":
         below, above = strategy.get("feature_extraction_below"), strategy.get("finetune_above")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from .errors import ConfigError
+from tlexp.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from . import figures
+from tlexp.evaluation import figures
 
 
 class TrainBatchPreview(Callback):

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from tlexp.run.atomic import atomic_path  # noqa: E402
 
 COLOURS = {
     "scratch": "tab:red", "feature_extraction": "tab:blue", "finetune": "tab:green", "gradual": "tab:purple",

@@ -19,9 +19,10 @@ import lightning as L
 import matplotlib.pyplot as plt
 from lightning.pytorch.tuner import Tuner
 
+from tlexp.model.phases import bn_eval_groups
+
 from .atomic import write_bytes
 from .build import Run
-from .phases import bn_eval_groups
 
 log = logging.getLogger(__name__)
 STEPS = 100  # Lightning's default number of learning rates tried

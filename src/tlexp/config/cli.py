@@ -17,10 +17,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tlexp.conf import CONF
+
 from .errors import ConfigError, exit_on_user_error
 from .validate import user_keys, validate_config
 
-CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 VERBATIM = ("ckpt", "input", "out")
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import _get_rank
 
-from .cli import compose_config
-from .errors import ConfigError
+from tlexp.config.cli import compose_config
+from tlexp.config.errors import ConfigError
+from tlexp.config.validate import check_writable
+
 from .resume import METRICS, RUN_CONFIG
-from .validate import check_writable
 
 CLAIM = ".tlexp-claim"  # "<host> <pid>" of the process that claimed the directory; removed once config.yaml is there
 

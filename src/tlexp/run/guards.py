@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .errors import DISK_ERRNOS, ConfigError, Stopped, TrainingDiverged, out_of_space
-from .phases import PhaseSchedule
+from tlexp.config.errors import DISK_ERRNOS, ConfigError, Stopped, TrainingDiverged, out_of_space
+from tlexp.model.phases import PhaseSchedule
 
 
 class StopOnNonFinite(Callback):

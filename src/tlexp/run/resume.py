@@ -23,9 +23,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from tlexp.config.errors import ConfigError
+from tlexp.config.validate import check_writable
+
 from .atomic import write_text
-from .errors import ConfigError
-from .validate import check_writable
 
 RUN_CONFIG = "config.yaml"  # the resolved config of a run, written at its start; resume reads it
 LAST = "last.ckpt"

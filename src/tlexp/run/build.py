@@ -20,7 +20,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from . import auto
+from tlexp import auto
+from tlexp.config.errors import ConfigError
+from tlexp.config.validate import check_writable, validate_config
+from tlexp.data import TransferDataModule
+from tlexp.data.sources import check_location
+from tlexp.features.cache import FeatureCache, FeatureStore, eval_feature_cache, feature_cache_for
+from tlexp.features.probe import set_head_to_probe
+from tlexp.model.backbones import block_map, check_model_name, create_backbone, data_config
+from tlexp.model.ema import WeightEMA
+from tlexp.model.module import TransferModule
+from tlexp.model.phases import Phase, PhaseSchedule, build_phases, check_strategy
+
 from .accel import (
     gpus_on_node,
     prepare_backbone,
@@ -30,27 +41,17 @@ from .accel import (
     resolve_threads,
 )
 from .atomic import AtomicCheckpointIO, write_text
-from .backbones import block_map, check_model_name, create_backbone, data_config
 from .claim import release
-from .data import TransferDataModule
-from .data.sources import check_location
-from .ema import WeightEMA
-from .errors import ConfigError
-from .features import FeatureCache, FeatureStore, eval_features, feature_cache_for
 from .guards import RequireTraining, StopOnNonFinite
 from .history import EpochHistory
-from .linear_probe import init_head as probe_head
-from .module import TransferModule
-from .phases import Phase, PhaseSchedule, build_phases, check_strategy
 from .preview import TrainBatchPreview
 from .progress import plain_progress, quiet_lightning
 from .resume import LAST, RUN_CONFIG, RunState, resume_config
-from .validate import check_writable, validate_config
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything one training run is made of, built from its config by `build_run`."""
 
@@ -117,8 +118,9 @@ def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
     trainer = build_trainer(cfg, out, schedule, best, [curves, *(callbacks or [])])
     cache = decide_cache(cfg, strategy, phases, schedule.mode(trainer), datamodule, backbone, trainer)
     return Run(
-        cfg, out, resume_from, weights_id, strategy, decision, phases, pre, datamodule, module, schedule, curves,
-        best, cache, channels_last, trainer,
+        cfg=cfg, out=out, resume_from=resume_from, weights_id=weights_id, strategy=strategy, decision=decision,
+        phases=phases, preprocessing=pre, datamodule=datamodule, module=module, schedule=schedule, curves=curves,
+        best=best, cache=cache, channels_last=channels_last, trainer=trainer,
     )  # fmt: skip
 
 
@@ -316,10 +318,10 @@ def init_head(run: Run) -> dict | None:
         why = "data.augment_on=device normalises the eval images on the device: no probe, the head starts random"
         log.warning("head_init=probe skipped: %s", why)
         return {"skipped": why}
-    features = run.cache or eval_features(plain(cfg.cache), dm, run.module.backbone, cfg.model.name)
+    features = run.cache or eval_feature_cache(plain(cfg.cache), dm, run.module.backbone, cfg.model.name)
     views = int(run.strategy.get("probe_views", 0)) if dm.augmented else 0
     train = probe_train_set(features, views)
-    result = probe_head(run.module.head[-1], train, features.features("val"), dm.num_classes)
+    result = set_head_to_probe(run.module.head[-1], train, features.features("val"), dm.num_classes)
     log.info("head_init=probe: head set to the linear probe (L2 %.0e, val acc %.4f, %d augmented views, %.1f s)",
              result["l2"], result["val_acc"], views, result["seconds"])  # fmt: skip
     return {**result, "views": views}

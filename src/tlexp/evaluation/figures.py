@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from PIL import Image
 
-from .atomic import atomic_path
+from tlexp.run.atomic import atomic_path
 
 
 def save(fig: Figure, path: Path, tensorboard=None, tag: str | None = None, step: int = 0) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from tlexp.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

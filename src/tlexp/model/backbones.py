@@ -14,8 +14,9 @@ from timm.data import resolve_model_data_config
 from timm.models import group_parameters
 from torch import nn
 
+from tlexp.config.errors import ConfigError, WeightsUnavailable
+
 from . import weights as W
-from .errors import ConfigError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 

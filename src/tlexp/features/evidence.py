@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-from .linear_probe import fit_probe
+from .probe import fit_probe
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from .errors import ConfigError
-from .validate import config_names
+from tlexp.conf import CONF
+from tlexp.config.errors import ConfigError
+from tlexp.config.validate import config_names
 
-CONF = Path(__file__).resolve().parent / "conf"  # the package tlexp.conf, in a checkout and in a wheel
 CHOICES = ("feature_extraction", "gradual", "finetune")  # the size rule's three answers
 
 

@@ -25,14 +25,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from . import auto
-from .atomic import write_text
-from .auto import Decision, Standing
-from .build import Run, build_run, check_config, init_head, plain, replaced, start_output
-from .errors import ConfigError
-from .evidence import FeatureEvidence, feature_evidence
-from .features import eval_features
-from .resume import LAST, clear_auto_attempt, rng_states, set_rng_states
+from tlexp import auto
+from tlexp.config.errors import ConfigError
+from tlexp.features.cache import eval_feature_cache
+from tlexp.features.evidence import FeatureEvidence, feature_evidence
+from tlexp.run.atomic import write_text
+from tlexp.run.build import Run, build_run, check_config, init_head, plain, replaced, start_output
+from tlexp.run.resume import LAST, clear_auto_attempt, rng_states, set_rng_states
+
+from . import Decision, Standing
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def probe_standing(name: str, run: Run) -> tuple[Standing, FeatureEvidence]:
             "strategy=auto measures a linear probe on frozen features, which data.augment_on=device does not "
             "provide. Use data.augment_on=cpu, or strategy.budget=0 (the size rule)."
         )
-    features = eval_features(plain(run.cfg.cache), dm, run.module.backbone, run.cfg.model.name)
+    features = eval_feature_cache(plain(run.cfg.cache), dm, run.module.backbone, run.cfg.model.name)
     found = feature_evidence(features.features("train"), features.features("val"), dm.num_classes)
     seconds = time.perf_counter() - started
     return Standing(name, found.val_correct, 0, seconds, seconds), found

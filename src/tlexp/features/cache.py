@@ -25,9 +25,9 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .data.balance import balanced_sampler
-from .data.images import ImageSet, TransformedImages
-from .errors import ConfigError
+from tlexp.config.errors import ConfigError
+from tlexp.data.balance import balanced_sampler
+from tlexp.data.images import ImageSet, TransformedImages
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class UnsavedStore(FeatureStore):
         return None
 
 
-def eval_features(cfg: dict, datamodule, backbone: nn.Module, model_name: str) -> FeatureCache:
+def eval_feature_cache(cfg: dict, datamodule, backbone: nn.Module, model_name: str) -> FeatureCache:
     """Eval-transform features of the splits, for the probe alone: no phase trains on them."""
     cfg = dict(cfg or {})
     store = (UnsavedStore if cfg.get("mode") == "off" else FeatureStore)(cfg.get("dir") or "~/.cache/tlexp/features")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .atomic import atomic_open, write_text
-from .auto import decide
-from .errors import ConfigError
-from .resume import RUN_CONFIG
+from tlexp.auto import decide
+from tlexp.config.errors import ConfigError
+from tlexp.run.atomic import atomic_open, write_text
+from tlexp.run.resume import RUN_CONFIG
 
 COLUMNS = [
     "run", "dataset", "strategy", "picked", "seed", "train_images", "test_acc", "test_f1", "fit_seconds", "cache",

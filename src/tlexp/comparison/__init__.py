@@ -1,0 +1,1 @@
+"""The strategy comparison: run directories to tables, CSV/JSON and plots."""
