@@ -326,3 +326,18 @@ def test_a_phase_with_bn_train_runs_on_images_not_on_cached_features(tmp_path, t
     assert all(batch.ndim == 4 for batch in calls.batches)
     with pytest.raises(ConfigError, match="cache.mode=on, but this strategy cannot train on cached features"):
         train(_cfg(tmp_path, tiny_weights, "again", "strategy.bn=train", "cache.mode=on"))
+
+
+def test_the_key_of_an_augmented_view_names_the_augmentation_itself(tmp_path, tiny_weights, monkeypatch):
+    """Where the transform's description does not show an augmentation setting (augmentation run on the batch, on
+    the device), the key must still change with it: the settings are a part of the key in their own right."""
+    from tlexp.features import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "transform_steps", lambda transform: ["the same steps"])
+    keys = {}
+    for hflip in (0.5, 0.0):
+        dm, backbone = _datamodule(tiny_weights, augment={"scale_min": 0.5, "hflip": hflip})
+        cache = FeatureCache(dm, backbone, TINY, 1, True, 2, FeatureStore(tmp_path))
+        keys[hflip] = (cache.key("train", 0), cache.key("train", None))
+    assert keys[0.5][0] != keys[0.0][0]  # the view's key follows the augmentation
+    assert keys[0.5][1] == keys[0.0][1]  # the eval features' does not
