@@ -22,11 +22,11 @@ fashion-mnist: ## install the Debian package dataset-fashion-mnist if its files 
 	  apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
 	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or put the four idx files in a folder and pass dataset.root=<folder>"; fi
 
-test: ## fast tests (under 10 minutes on 2 cores)
-	$(PY) -m pytest -q
+test: ## fast tests (under 10 minutes on 2 cores; two pytest workers: most of the time is Python processes starting, one core each)
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-all: ## all tests, the slow ones too
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "slow or not slow"
 
 train: ## the main job: python -m tlexp.train $(ARGS)
 	$(PY) -m tlexp.train $(ARGS)

@@ -113,8 +113,8 @@ def test_tensorboard_holds_the_images_and_an_hparams_session_with_its_metrics(ru
 def test_checkpoint_carries_class_names_and_preprocessing(run):
     module = load_trained(run["metrics"]["checkpoint"])
     assert module.class_names == ["ant", "mole", "zebra"]
-    assert module.eval_preprocessing() == run["metrics"]["preprocessing"]
-    assert module.eval_preprocessing()["image_size"] == 32
+    assert module.eval_preprocessing().as_dict() == run["metrics"]["preprocessing"]
+    assert module.eval_preprocessing().image_size == 32
 
 
 def _sample_images(run, n=4) -> list[Path]:
@@ -124,8 +124,8 @@ def _sample_images(run, n=4) -> list[Path]:
 def test_onnx_and_torchscript_exports_match_the_lightning_model(run):
     ckpt = Path(run["metrics"]["checkpoint"])
     module = load_trained(ckpt)
-    pre = module.eval_preprocessing()
-    transform = eval_transform(pre["image_size"], pre["mean"], pre["std"], pre["interpolation"], pre["crop_pct"])
+    p = module.eval_preprocessing()
+    transform = eval_transform(p.image_size, p.mean, p.std, p.interpolation, p.crop_pct)
     x = torch.stack([transform(open_rgb(p)) for p in _sample_images(run)])
     with torch.no_grad():
         expected = module(x)
@@ -136,7 +136,7 @@ def test_onnx_and_torchscript_exports_match_the_lightning_model(run):
         assert (got - expected).abs().max().item() < 1e-4, fmt
         saved = json.loads(Path(f"{path}.json").read_text())
         assert saved == card and saved["class_names"] == ["ant", "mole", "zebra"]
-        assert saved["preprocessing"] == pre and saved["input"]["shape"] == ["batch", 3, 32, 32]
+        assert saved["preprocessing"] == p.as_dict() and saved["input"]["shape"] == ["batch", 3, 32, 32]
         assert saved["training"]["strategy"] == "finetune" and "acc" in saved["training"]["test"]
         assert saved["training"]["dataset_sizes"] == run["metrics"]["dataset_sizes"]
 
@@ -173,8 +173,8 @@ def test_predict_labels_images_lists_unreadable_ones_and_agrees_across_formats(r
 
     # Top-1 against the module run by hand, with names (not indices) in the output.
     module = load_trained(ckpt)
-    pre = module.eval_preprocessing()
-    transform = eval_transform(pre["image_size"], pre["mean"], pre["std"], pre["interpolation"], pre["crop_pct"])
+    p = module.eval_preprocessing()
+    transform = eval_transform(p.image_size, p.mean, p.std, p.interpolation, p.crop_pct)
     for p in chosen:
         with torch.no_grad():
             probs = module(transform(open_rgb(p))[None]).softmax(1)[0]

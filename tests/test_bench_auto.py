@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark script's whole cell: minutes of the fast suite; `make test-all` runs it
 def test_bench_auto_quick_cell_prints_regret_and_cost_and_resumes(tmp_path):
     command = [sys.executable, "benchmarks/bench_auto.py", "--quick", "--dir", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)

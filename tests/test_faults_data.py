@@ -254,7 +254,7 @@ def test_inspect_and_advise_say_when_images_are_far_smaller_than_the_input(tmp_p
     # the suggested override is accepted by the train command's validation and sets the input size
     cfg = compose_cfg("model=test_resnet", "dataset=imagefolder", f"dataset.root={root}", override)
     validate_config(cfg)
-    assert preprocessing(cfg, create_backbone(cfg.model.name, None, 64)[0])["image_size"] == 64
+    assert preprocessing(cfg, create_backbone(cfg.model.name, None, 64)[0]).image_size == 64
     advised = run_cli(
         "tlexp.advise", "model=test_resnet", "dataset=imagefolder", f"dataset.root={root}", "strategy.budget=0",
         "data.preflight_cache=null",

@@ -107,14 +107,15 @@ def test_a_claim_left_by_a_process_that_ended_is_taken_over(tmp_path):
 
 
 def test_two_runs_in_the_same_second_get_two_default_directories(tmp_path, monkeypatch):
+    from tlexp.run import claim
+
     monkeypatch.chdir(tmp_path)
-    first = claim_run_dir(["strategy=finetune"])
-    second = claim_run_dir(["strategy=finetune"])
-    (one,), (two,) = first[-1:], second[-1:]
-    assert one.startswith("hydra.run.dir=outputs/") and one.endswith("_finetune_efficientnet_lite0")
-    if one != two:  # unless the clock ticked over between the two calls
-        assert two == f"{one}_2"
-    assert Path(one.split("=", 1)[1], CLAIM).is_file()
+    assert claim.default_run_dir(["strategy=finetune"]).endswith("_finetune_efficientnet_lite0")  # Hydra's pattern
+    monkeypatch.setattr(claim, "default_run_dir", lambda argv: "outputs/2026-01-01/10-00-00_finetune_m")  # one second
+    runs = [claim_run_dir(["strategy=finetune"])[-1] for _ in range(3)]
+    base = "hydra.run.dir=outputs/2026-01-01/10-00-00_finetune_m"
+    assert runs == [base, f"{base}_2", f"{base}_3"]
+    assert all(Path(r.split("=", 1)[1], CLAIM).is_file() for r in runs)
 
 
 def test_ranks_above_zero_join_the_directory_rank_zero_claimed(tmp_path, monkeypatch):

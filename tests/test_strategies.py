@@ -22,7 +22,7 @@ def recomputed_test_metrics(metrics: dict, cfg) -> dict:
     """Test accuracy, macro F1, loss and per-class recall of the run's best checkpoint, recomputed on the images."""
     module = load_trained(metrics["checkpoint"])
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    datamodule = TransferDataModule(dataset, **module.eval_preprocessing(), batch_size=16, num_workers=0)
+    datamodule = TransferDataModule(dataset, **module.eval_preprocessing().as_dict(), batch_size=16, num_workers=0)
     logits, labels = collect_logits(module, datamodule.evaluation_loader("test"))
     num_classes = logits.shape[1]
     recall = multiclass_recall(logits, labels, num_classes, average=None)

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from tlexp.config.errors import ConfigError, WeightsUnavailable
 from tlexp.data.images import open_rgb
 from tlexp.data.transforms import eval_transform
-from tlexp.model.backbones import block_map, create_backbone, data_config
+from tlexp.model.backbones import block_map, create_backbone
+from tlexp.model.preprocessing import Preprocessing
 from tlexp.model.weights import load_bundled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +32,10 @@ def test_bundled_lite0_recognises_a_photo():
     # Grace Hopper in uniform (matplotlib's sample photo): ImageNet class 652 is "military uniform".
     model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
     load_bundled(model, "tf_efficientnet_lite0")
-    cfg = data_config(model)
-    assert cfg.mean == (0.5, 0.5, 0.5) and cfg.std == (0.5, 0.5, 0.5) and cfg.input_size == 224
+    cfg = Preprocessing.of_backbone(model)
+    assert cfg.mean == (0.5, 0.5, 0.5) and cfg.std == (0.5, 0.5, 0.5) and cfg.image_size == 224
     image = open_rgb(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    x = eval_transform(cfg.input_size, cfg.mean, cfg.std, cfg.interpolation, cfg.crop_pct)(image)
+    x = eval_transform(cfg.image_size, cfg.mean, cfg.std, cfg.interpolation, cfg.crop_pct)(image)
     with torch.no_grad():
         probs = model.eval()(x[None]).softmax(-1)[0]
     top5 = probs.topk(5).indices.tolist()

@@ -100,7 +100,7 @@ def image_size_note(cfg: DictConfig, sample: int = 200) -> str | None:
     size_hint = (cfg.dataset.get("preprocess") or {}).get("image_size")
     backbone, _ = create_backbone(cfg.model.name, None, size_hint)  # preprocessing only: no weights needed
     spread = paths[:: max(1, math.ceil(len(paths) / sample))]  # every class, not the first folder's files
-    return small_images(shorter_sides([probe(p) for p in spread]), preprocessing(cfg, backbone)["image_size"])
+    return small_images(shorter_sides([probe(p) for p in spread]), preprocessing(cfg, backbone).image_size)
 
 
 def rank_backbones(cfg: DictConfig, models: list[str]) -> list[Ranked]:

@@ -58,11 +58,7 @@ def run(cfg) -> dict:
     pre = module.eval_preprocessing()
     datamodule = TransferDataModule(
         dataset=dataset_config(cfg, ckpt),
-        image_size=pre["image_size"],
-        mean=pre["mean"],
-        std=pre["std"],
-        interpolation=pre["interpolation"],
-        crop_pct=pre["crop_pct"],
+        **pre.as_dict(),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
     )

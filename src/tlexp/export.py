@@ -74,7 +74,7 @@ def export(module, fmt: str, path: Path, training: dict | None = None, checkpoin
         onnx_module("onnxruntime")
     module = module.eval().cpu()
     net = nn.Sequential(module.backbone, module.head).eval()  # = module.forward, without the Lightning shell
-    size = int(module.eval_preprocessing()["image_size"])
+    size = module.eval_preprocessing().image_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     card = model_card(module, fmt, path, training, checkpoint)
     with atomic_path(path) as tmp:
@@ -138,7 +138,7 @@ def check_export(module, fmt: str, written: Path, example: torch.Tensor, path: P
 def model_card(module, fmt: str, path: Path, training: dict | None, checkpoint: str | None) -> dict:
     """The sidecar JSON: how to feed the exported graph and read its output, and how the model was trained."""
     pre = module.eval_preprocessing()
-    size = int(pre["image_size"])
+    size = pre.image_size
     return {
         "format": fmt,
         "file": path.name,
@@ -146,10 +146,10 @@ def model_card(module, fmt: str, path: Path, training: dict | None, checkpoint: 
         "input": {"shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW, RGB"},
         "output": f"{OUTPUT} [batch, {len(module.class_names)}]; softmax gives class probabilities",
         "class_names": list(module.class_names),
-        "preprocessing": pre,
+        "preprocessing": pre.as_dict(),
         "preprocessing_recipe": (
-            f"resize the shorter side to round({size} / crop_pct) = {round(size / pre['crop_pct'])} px "
-            f"({pre['interpolation']}), centre-crop {size}x{size}, scale to [0, 1], subtract mean, divide by std"
+            f"resize the shorter side to round({size} / crop_pct) = {round(size / pre.crop_pct)} px "
+            f"({pre.interpolation}), centre-crop {size}x{size}, scale to [0, 1], subtract mean, divide by std"
         ),
         "model": module.hparams.model_name,
         "checkpoint": checkpoint,

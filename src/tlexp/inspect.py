@@ -60,8 +60,8 @@ def inspect(cfg: DictConfig) -> dict:
         "duplicates": checks["duplicates"],
         "leaks_removed": checks["leaks_removed"],
         "problems": checks["problems"],
-        "warnings": [*checks["scan_warnings"], *filter(None, [small_images(shorter_sides(probes), pre["image_size"])])],
-        "preprocessing": pre,
+        "warnings": [*checks["scan_warnings"], *filter(None, [small_images(shorter_sides(probes), pre.image_size)])],
+        "preprocessing": pre.as_dict(),
     }
     write_text(out / "report.json", json.dumps(report, indent=2))
     print(format_report(report, out), flush=True)

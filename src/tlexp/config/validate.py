@@ -196,7 +196,6 @@ PREPROCESS = {
 }
 OPTIMIZE_METRICS = ("best_val_acc", "fit_seconds")  # fit_seconds: with hydra.sweeper.direction=minimize
 HEAD_INITS = ("none", "probe")  # run.build.init_head
-SELECTOR = re.compile(r"all|backbone|head|stem|stage\d+|last(:\d+)?")
 
 
 def _rules() -> dict[str, Rule | _Lazy]:
@@ -434,7 +433,7 @@ def _accelerator_available(accelerator: str, cuda_available: bool | None) -> lis
 
 def _strategy_problems(strategy: dict, bad_keys: set[str]) -> list[str]:
     """The phase list (phases.check_strategy, and the selector names), or auto's thresholds."""
-    from tlexp.model.phases import check_strategy
+    from tlexp.model.phases import SELECTOR, check_strategy
 
     if strategy.get("name") == "auto":
         below, above = strategy.get("feature_extraction_below"), strategy.get("finetune_above")

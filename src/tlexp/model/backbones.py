@@ -7,10 +7,8 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import timm
-from timm.data import resolve_model_data_config
 from timm.models import group_parameters
 from torch import nn
 
@@ -19,17 +17,6 @@ from tlexp.config.errors import ConfigError, WeightsUnavailable
 from . import weights as W
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Preprocessing a backbone was pretrained with (from timm's pretrained_cfg)."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str
-    crop_pct: float
 
 
 def check_model_name(name: str) -> None:
@@ -97,17 +84,6 @@ def _from_hub(name: str, pretrained_cfg: dict, kwargs: dict) -> tuple[nn.Module,
             f"Looked for: {where}. " + W._how_to_supply(name)
         ) from err
     return model, f"imagenet:{pretrained_cfg.get('hf_hub_id') or pretrained_cfg.get('url')}"
-
-
-def data_config(model: nn.Module) -> DataConfig:
-    cfg = resolve_model_data_config(model)
-    return DataConfig(
-        input_size=int(cfg["input_size"][-1]),
-        mean=tuple(float(x) for x in cfg["mean"]),
-        std=tuple(float(x) for x in cfg["std"]),
-        interpolation=str(cfg.get("interpolation", "bilinear")),
-        crop_pct=float(cfg.get("crop_pct", 0.875)),
-    )
 
 
 def block_map(backbone: nn.Module) -> OrderedDict[str, list[str]]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from tlexp.config.errors import ConfigError
-from tlexp.data.transforms import eval_transform
+
+from .preprocessing import Preprocessing
 
 CHECKPOINT, ONNX, TORCHSCRIPT = ".ckpt", ".onnx", ".pt"
 
@@ -28,12 +29,11 @@ class Classifier:
 
     forward: Callable[[torch.Tensor], torch.Tensor]
     class_names: list[str]
-    preprocessing: dict  # image_size, mean, std, interpolation, crop_pct
+    preprocessing: Preprocessing
     kind: str
 
     def transform(self):
-        p = self.preprocessing
-        return eval_transform(p["image_size"], p["mean"], p["std"], p["interpolation"], p["crop_pct"])
+        return self.preprocessing.eval_transform()
 
 
 def sidecar_path(model_file: Path) -> Path:
@@ -98,7 +98,7 @@ def load_classifier(path: Path | str) -> Classifier:
         )
     card = json.loads(card_file.read_text())
     forward = exported_forward(path, suffix, card["input_name"])
-    return Classifier(forward, card["class_names"], card["preprocessing"], suffix.lstrip("."))
+    return Classifier(forward, card["class_names"], Preprocessing.from_dict(card["preprocessing"]), suffix.lstrip("."))
 
 
 def exported_forward(path: Path, suffix: str, input_name: str) -> Callable[[torch.Tensor], torch.Tensor]:

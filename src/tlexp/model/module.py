@@ -13,8 +13,9 @@ from torchmetrics.classification import MulticlassRecall
 
 from tlexp.config.errors import ConfigError
 
-from .backbones import block_map, create_backbone, data_config
+from .backbones import block_map, create_backbone
 from .metrics import classification_metrics
+from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -150,21 +151,12 @@ class TransferModule(L.LightningModule):
     def total_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def data_config(self):
-        return data_config(self.backbone)
-
-    def eval_preprocessing(self) -> dict:
+    def eval_preprocessing(self) -> Preprocessing:
         """What predict/export feed the model: the preprocessing saved at training, else the backbone's own."""
         if self.hparams.get("preprocessing"):
-            return dict(self.hparams.preprocessing)
-        native = self.data_config()
-        return {
-            "image_size": self.hparams.get("image_size") or native.input_size,
-            "mean": list(native.mean),
-            "std": list(native.std),
-            "interpolation": native.interpolation,
-            "crop_pct": native.crop_pct,
-        }
+            return Preprocessing.from_dict(dict(self.hparams.preprocessing))
+        native = Preprocessing.of_backbone(self.backbone)
+        return native.overridden({"image_size": self.hparams.get("image_size")})
 
     # ------------------------------------------------------------ training
 

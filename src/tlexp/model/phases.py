@@ -45,6 +45,10 @@ class Phase:
 # ---------------------------------------------------------------- parsing and validation
 
 
+# The selector grammar, one home: the config check (validate.py) and the resolution below both read it.
+SELECTOR = re.compile(r"all|backbone|head|stem|stage\d+|last(:\d+)?")
+
+
 def _selector_groups(selector: str, groups: list[str]) -> list[str]:
     """Groups a selector names: all, backbone, head, stem, stageK, last, last:N (the last N stages)."""
     backbone = [g for g in groups if g != "head"]

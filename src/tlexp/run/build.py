@@ -27,10 +27,11 @@ from tlexp.data import TransferDataModule
 from tlexp.data.sources import check_location
 from tlexp.features.cache import FeatureCache, FeatureStore, eval_feature_cache, feature_cache_for
 from tlexp.features.probe import set_head_to_probe
-from tlexp.model.backbones import block_map, check_model_name, create_backbone, data_config
+from tlexp.model.backbones import block_map, check_model_name, create_backbone
 from tlexp.model.ema import WeightEMA
 from tlexp.model.module import TransferModule
-from tlexp.model.phases import Phase, PhaseSchedule, build_phases, check_strategy
+from tlexp.model.phases import Phase, PhaseSchedule, build_phases
+from tlexp.model.preprocessing import Preprocessing
 
 from .accel import (
     gpus_on_node,
@@ -131,15 +132,10 @@ def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any weights or data are loaded (and before a run writes anything)."""
     validate_config(cfg)
     check_model_name(cfg.model.name)
+    # Values, the phase list and auto's thresholds are validate_config's; what follows needs more than one key.
     strategy = plain(cfg.strategy)
-    if auto.is_auto(strategy):
-        auto.decide(1, 1, strategy.get("feature_extraction_below", 500), strategy.get("finetune_above", 2000))
-        if auto.uses_pilots(strategy) and processes_per_run(plain(cfg.trainer)) > 1:  # before the data is scanned
-            raise ConfigError(auto.ONE_PROCESS)
-    else:
-        check_strategy(strategy)
-    if not float(cfg.get("epoch_scale", 1.0)) > 0:
-        raise ConfigError(f"epoch_scale must be > 0, got {cfg.epoch_scale}.")
+    if auto.uses_pilots(strategy) and processes_per_run(plain(cfg.trainer)) > 1:  # before the data is scanned
+        raise ConfigError(auto.ONE_PROCESS)
     if cfg.get("linear_probe") and (not strategy.get("pretrained", True) or cfg.cache.mode == "off"):
         raise ConfigError(
             "linear_probe=true fits a logistic regression on cached features of the pretrained backbone: it needs "
@@ -200,27 +196,20 @@ def resolve_phases(cfg: DictConfig, strategy: dict, groups: list[str]) -> list[P
     return build_phases(scaled, groups, float(cfg.optimizer.weight_decay))
 
 
-def preprocessing(cfg: DictConfig, backbone: nn.Module) -> dict:
+def preprocessing(cfg: DictConfig, backbone: nn.Module) -> Preprocessing:
     """The backbone's own preprocessing; the dataset config may lower the input size; the user may override."""
-    native = data_config(backbone)
-    pre = {
-        "image_size": native.input_size,
-        "mean": list(native.mean),
-        "std": list(native.std),
-        "interpolation": native.interpolation,
-        "crop_pct": native.crop_pct,
-    }
+    pre = Preprocessing.of_backbone(backbone)
     for source in (cfg.dataset.get("preprocess") or {}, cfg.get("preprocess") or {}):
-        pre.update({k: v for k, v in plain(source).items() if v is not None})
+        pre = pre.overridden(plain(source))
     return pre
 
 
-def build_datamodule(cfg: DictConfig, pre: dict, **overrides) -> TransferDataModule:
+def build_datamodule(cfg: DictConfig, pre: Preprocessing, **overrides) -> TransferDataModule:
     """The DataModule a config describes, with the preprocessing `pre`; `overrides` replace any argument."""
     data = cfg.data
     kwargs = {
         "dataset": plain(cfg.dataset),
-        **{k: pre[k] for k in ("image_size", "mean", "std", "interpolation", "crop_pct")},
+        **pre.as_dict(),
         "augment": plain(cfg.augment),
         "batch_size": data.batch_size,
         "num_workers": data.num_workers,
@@ -249,7 +238,7 @@ def build_module(cfg: DictConfig, backbone: nn.Module, blocks: dict, datamodule,
         momentum=cfg.optimizer.get("momentum", 0.9),
         label_smoothing=cfg.optimizer.get("label_smoothing", 0.0),
         class_weights=datamodule.loss_weights(),
-        preprocessing=pre,  # saved in the checkpoint: predict/export need nothing else
+        preprocessing=pre.as_dict(),  # saved in the checkpoint: predict/export need nothing else
         backbone=backbone,
         blocks=blocks,
     )

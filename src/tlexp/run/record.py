@@ -53,7 +53,7 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "dataset_requested": {k: cfg.dataset.get(k) for k in ("per_class", "train_size")},
         "num_classes": dm.num_classes,
         "class_names": dm.class_names,
-        "preprocessing": run.preprocessing,
+        "preprocessing": run.preprocessing.as_dict(),
         "precision": precision_ran(run.trainer),
         "precision_requested": str(cfg.trainer.get("precision", "32-true")),
         "world_size": run.trainer.world_size,  # processes that trained (DDP); the batch is per process
