@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -145,21 +144,18 @@ def _feature_run(tiny_cfg, *extra: str):
 
 
 def _full_disk_in(folder: Path, monkeypatch) -> None:
-    """Temp files made in `folder` write to /dev/full: every write fails with ENOSPC, as on a full disk."""
-    real = tempfile.mkstemp
+    """Files written in `folder` fail as on a full disk: part of the bytes land, then ENOSPC."""
+    real = Path.write_bytes
 
-    def mkstemp(*args, **kwargs):
-        fd, name = real(*args, **kwargs)
-        if Path(name).parent == folder:
-            full = os.open("/dev/full", os.O_WRONLY)
-            os.dup2(full, fd)
-            os.close(full)
-        return fd, name
+    def write_bytes(self, data):
+        if self.parent == folder:
+            real(self, data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_disk_while_writing_features_warns_once_and_the_run_goes_on(tmp_path, tiny_cfg, monkeypatch, caplog):
     folder = tmp_path / "feature_cache"
     folder.mkdir()

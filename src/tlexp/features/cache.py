@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tlexp.config.errors import ConfigError
 from tlexp.data.balance import balanced_sampler
 from tlexp.data.images import ImageSet, TransformedImages
+from tlexp.run.atomic import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def cache_key(parts: dict) -> str:
 class FeatureStore:
     """Files of tensors under `root`, written atomically and checked on every read.
 
-    Writes go to a temp file in the same folder, then `os.replace`: concurrent writers of one key each
-    rename a whole file, so a reader sees one complete file or none. A length + sha256 header catches
+    Writes go through `run.atomic` (a temp file in the same folder, then `os.replace`): concurrent writers of
+    one key each rename a whole file, so a reader sees one complete file or none. A length + sha256 header catches
     truncated or corrupt files; those are deleted and recomputed, never trusted. The cache only saves time:
     a file that cannot be read is recomputed, and one that cannot be written (a full disk, no permission)
     leaves the run going on without it, each with a warning.
@@ -175,22 +175,11 @@ class FeatureStore:
         torch.save(payload, buffer)
         body = buffer.getvalue()
         header = MAGIC + len(body).to_bytes(8, "big") + hashlib.sha256(body).digest()
-        tmp = None
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.root)
-            with os.fdopen(fd, "wb") as f:
-                f.write(header + body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(key))
+            return write_bytes(self.path(key), header + body)  # whole under its name, or not there
         except OSError as err:
             self._warn_unwritable(err)
             return None
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-        return self.path(key)
 
     def _warn_unwritable(self, err: OSError) -> None:
         if self._write_warned:
