@@ -136,14 +136,7 @@ def evaluate(
     write_report(rows, accuracy, out)
     figures.save(figures.confusion_figure(matrix, names), out / "confusion_matrix.png", tensorboard, "eval/confusion")
 
-    worst = top_losses(probs, labels, top_loss_count)
-    if worst:
-        images = datamodule.splits[split]
-        captions = [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in worst]
-        title = f"most confidently wrong ({split})"
-        grid = figures.grid_figure([images.image(i) for i in worst], captions, title=title)
-        figures.save(grid, out / "top_losses.png", tensorboard, "eval/top_losses")
-
+    save_top_losses(datamodule, split, probs, labels, top_loss_count, out, tensorboard)
     bins = calibration.reliability_bins(probs, labels, BINS)
     summary = {
         "split": split,
@@ -164,6 +157,18 @@ def evaluate(
     summary["reliability_bins"] = bins
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def save_top_losses(datamodule, split: str, probs, labels, count: int, out: Path, tensorboard) -> None:
+    """The grid of the most confidently wrong images of the split, most confident first."""
+    worst = top_losses(probs, labels, count)
+    if not worst:
+        return
+    images, names = datamodule.splits[split], datamodule.class_names
+    predicted = probs.argmax(dim=1)
+    captions = [f"true: {names[labels[i]]}\npred: {names[predicted[i]]} ({probs[i].max():.2f})" for i in worst]
+    grid = figures.grid_figure([images.image(i) for i in worst], captions, title=f"most confidently wrong ({split})")
+    figures.save(grid, out / "top_losses.png", tensorboard, "eval/top_losses")
 
 
 def temperature_scaling(val: tuple, judged: tuple, summary: dict) -> list[dict] | None:
