@@ -86,7 +86,7 @@ lint: ## ruff
 
 docs: ## build the docs site (strict)
 	$(PY) docs/gen_config_reference.py
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean: ## remove build and test debris (keeps outputs/ and .venv)
 	rm -rf build dist site src/*.egg-info .pytest_cache .ruff_cache
