@@ -19,6 +19,7 @@ from tlexp.config.errors import ConfigError
 from tlexp.data.batch_augment import BatchAugment
 from tlexp.data.datamodule import auto_workers
 from tlexp.data.transforms import eval_transform
+from tlexp.model.preprocessing import Preprocessing
 from tlexp.run.accel import gpus_on_node, prepare_backbone, processes_per_run, resolve_channels_last, resolve_precision
 from tlexp.run.build import build_datamodule, check_config
 from tlexp.train import objective, train
@@ -56,7 +57,7 @@ def test_loader_workers_auto_keeps_cpu_cores_for_the_model(tmp_path):
     assert processes_per_run({"accelerator": "gpu", "devices": -1, "num_nodes": 2}, cuda_available=False) == 2
     assert processes_per_run({"accelerator": "gpu", "devices": [0, 1], "num_nodes": 2}, cuda_available=True) == 4
     assert gpus_on_node("gpu", compose_cfg("trainer=gpu", "trainer.devices=[0,1]").trainer.devices, True) == 2
-    pre = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    pre = Preprocessing(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
     cfg = compose_cfg("dataset=synthetic")
     assert cfg.data.num_workers == "auto" and build_datamodule(cfg, pre).num_workers == 0
     for name in ("red", "blue"):
