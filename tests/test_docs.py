@@ -206,3 +206,18 @@ def test_configuration_reference_is_current(tmp_path):
     assert fresh.read_text() == (ROOT / "docs" / "configuration.md").read_text(), (
         "docs/configuration.md is out of date: run `make docs` (or .venv/bin/python docs/gen_config_reference.py)"
     )
+
+
+# Documented commands cheap enough to run for real: they train nothing (the size rule reads the split sizes only).
+CHEAP = [("advise", ["strategy.budget=0"])]
+
+
+@pytest.mark.parametrize(("entry", "args"), CHEAP)
+def test_the_cheap_documented_commands_run_for_real(entry, args, tmp_path):
+    assert any((e, a) == (entry, args) for _, e, a in documented_commands()), "no longer documented: drop it here"
+    proc = subprocess.run(
+        [sys.executable, "-m", f"tlexp.{entry}", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "advice: 1000 training images, 10 classes" in proc.stdout
+    assert "run it: python -m tlexp.train strategy=" in proc.stdout  # the command it prints for the user to copy
