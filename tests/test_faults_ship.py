@@ -266,3 +266,19 @@ def test_the_card_looks_for_metrics_only_a_few_folders_up(tmp_path):
     assert export.training_summary(deep) is None
     near = tmp_path / "pilots" / "gradual" / "checkpoints" / "best.ckpt"
     assert export.training_summary(near)["strategy"] == "finetune"
+
+
+def test_an_export_perturbed_past_the_tolerance_is_refused_and_not_written(ckpt, tmp_path, monkeypatch, capsys):
+    real = export.exported_forward
+
+    def perturbed(path, suffix, input_name):  # the written model's outputs, off by 1e-3 (the tolerance is 1e-4)
+        forward = real(path, suffix, input_name)
+        return lambda x: forward(x) + 1e-3
+
+    monkeypatch.setattr(export, "exported_forward", perturbed)
+    out = tmp_path / "model.pt"
+    with pytest.raises(SystemExit) as exited:
+        export.main([f"ckpt={ckpt}", "format=torchscript", f"out={out}"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "differs from the checkpoint by up to 1.00e-03 (> 0.0001)" in err
+    assert names(tmp_path) == []
