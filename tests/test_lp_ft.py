@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.config.errors import ConfigError
@@ -41,6 +42,7 @@ def _payloads(store_dir):
 
 class HeadAtFitStart(Callback):
     def on_fit_start(self, trainer, pl_module):
+        self.bias = pl_module.head[-1].bias.detach().clone()
         self.weight = pl_module.head[-1].weight.detach().clone()
         self.features = trainer.datamodule.features
 
@@ -59,6 +61,15 @@ def test_lp_ft_starts_fine_tuning_from_the_probe_head(tmp_path, tiny_weights):
     val, train_ = ((p["features"], p["labels"]) for p in by_size)
     expected = fit_probe(train_, val, metrics["num_classes"])["weight"]
     assert torch.allclose(seen.weight, expected, atol=1e-5)
+    # Independently of fit_probe: the head minimises the probe's objective on the standardised train features, mean
+    # cross-entropy + l2 ||W||^2: its gradient there is ~0 (a head fitted on other features, or folded wrongly, is not).
+    x, y = train_[0].double(), train_[1]
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    w = (seen.weight.double().T * std[:, None]).requires_grad_()
+    b = (seen.bias.double() + (mean / std) @ w.detach()).requires_grad_()
+    loss = F.cross_entropy((x - mean) / std @ w + b, y) + metrics["head_init"]["l2"] * (w**2).sum()
+    loss.backward()
+    assert w.grad.abs().max() < 1e-3 and b.grad.abs().max() < 1e-3, (w.grad.abs().max(), b.grad.abs().max())
 
 
 def test_without_head_init_the_head_starts_random(tmp_path, tiny_weights):
