@@ -34,11 +34,9 @@ def claim_run_dir(argv: list[str]) -> list[str]:
         return argv
     if (_get_rank() or 0) > 0:
         return argv
-    if "output_dir" in given:
-        claim(Path(given["output_dir"]).expanduser())
-        return argv
-    if "hydra.run.dir" in given:
-        claim(Path(given["hydra.run.dir"].strip("\"'")).expanduser())
+    named = given.get("output_dir") or given.get("hydra.run.dir")  # the user's own folder: claimed as it is
+    if named:
+        claim(Path(named.strip("\"'")).expanduser())
         return argv
     chosen = claim_free(Path(default_run_dir(argv)))
     return [*argv, f"hydra.run.dir={chosen}"]
