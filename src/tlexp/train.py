@@ -22,6 +22,7 @@ from tlexp.auto.pilots import select
 from tlexp.config.cli import compose_config
 from tlexp.config.errors import Stopped, exit_on_user_error
 from tlexp.features.probe import linear_probe
+from tlexp.run import folds
 from tlexp.run.atomic import write_text
 from tlexp.run.build import Run, build_run, check_config, init_head, plain
 from tlexp.run.claim import abandon, claim_run_dir
@@ -31,7 +32,7 @@ from tlexp.run.record import Outcome, record
 from tlexp.run.resume import check_resume_argv, check_resume_overrides, finished_run, in_place
 
 from .auto import uses_pilots
-from .evaluation.report import evaluate
+from .evaluation.report import collect_logits, evaluate
 
 log = logging.getLogger("tlexp")
 
@@ -42,6 +43,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     `callbacks` are added to the Trainer (tests use them to watch phases epoch by epoch).
     With `resume=<run dir>`, the run continues from its `checkpoints/last.ckpt` with its own config.
     """
+    if cfg.get("resume") and (saved := folds.saved_parent(Path(str(cfg.resume)).expanduser())) is not None:
+        saved.output_dir = str(Path(str(cfg.resume)).expanduser())
+        return folds.cross_validate(saved, train)  # finished folds are read back, an interrupted one continues
+    if folds.is_parent(cfg):
+        return folds.cross_validate(cfg, train)
     if cfg.get("resume") and (done := finished_run(cfg.resume)) is not None:
         return done  # a finished run: its files stay as they are
     with stop_cleanly(Path(str(cfg.get("resume") or cfg.output_dir)).expanduser()):
@@ -65,13 +71,38 @@ def fit_and_test(run: Run) -> Outcome:
     fit_seconds = time.perf_counter() - started - (lr_found["seconds"] if lr_found else 0.0)
     # Copied before test(): restoring the best checkpoint restores callback state too.
     phase_history, epochs = list(run.schedule.history), list(run.curves.rows)
-    best = run.best.best_model_path or None
+    best, best_loss, tied = run.best.best_model_path or None, run.best.best_loss, run.best.tied
     started = time.perf_counter()
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test_seconds = time.perf_counter() - started
+    logits = run.module.test_logits() if trainer.world_size == 1 else None  # under DDP a rank holds a shard
+    if run.datamodule.fold is not None and trainer.is_global_zero:
+        out_of_fold(run)
     return Outcome(
-        fit_seconds, test_seconds, best, test, phase_history, epochs, report(run), probe(run), head_init, lr_found
+        fit_seconds,
+        test_seconds,
+        best,
+        test,
+        phase_history,
+        epochs,
+        report(run),
+        probe(run),
+        head_init,
+        lr_found,
+        logits,
+        best_loss,
+        tied,
     )
+
+
+def out_of_fold(run: Run) -> None:
+    """cv.fold: the probabilities the best model gives its val fold, images it never trained on."""
+    dm = run.datamodule
+    val_logits, labels = collect_logits(
+        run.module, dm.evaluation_loader("val"), run.trainer.strategy.root_device, run.trainer.limit_val_batches
+    )
+    ids = dm.splits["val"].ids()[: len(labels)]
+    folds.write_out_of_fold(run.out, ids, labels, val_logits, dm.class_names, dm.fold.as_dict())
 
 
 def report(run: Run) -> dict | None:
@@ -147,7 +178,8 @@ def start(argv: list[str]) -> list[str]:
     cannot or need not run, a directory that holds a run), then the command line with the claimed run directory.
     A multirun is checked once on its fixed values (a value wrong for every run is refused before the sweep);
     Hydra's other flags (--cfg, --help, ...) are left to Hydra."""
-    check_resume_argv(argv)
+    if not folds.resumes_parent(argv):  # resume=<a cross-validation run>: its folds say what is left
+        check_resume_argv(argv)
     flags = {a for a in argv if a.startswith("-")}
     if flags - {"-m", "--multirun"}:
         return argv

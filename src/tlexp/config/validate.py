@@ -243,6 +243,15 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "data.drop_leaks": boolean(),
         "data.preflight_cache": text("~/.cache/tlexp/preflight") | NULL,
         "data.augment_on": choice("cpu", "device"),
+        "data.exclude": text("outputs/audit/reviewed.txt") | NULL,
+        "cv.folds": Rule(
+            lambda v: _is_int(v) and (v == 0 or 2 <= v <= 100),
+            "0 (off) or an integer 2..100",
+            5,
+            (1, -1, "five", 101),
+        ),
+        "cv.repeats": integer(1, 100, example=2),
+        "cv.fold": integer(0, example=0) | NULL,
         "augment.scale_min": number(0, 1, example=0.5, lo_open=True),  # RandomResizedCrop scale=(scale_min, 1)
         "augment.hflip": PROBABILITY,
         "augment.rotation": number(0, 180, example=10),
@@ -322,6 +331,12 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "size_unit": choice("per_class", "total"),
         "report_only": boolean(False),
         "dir": text("outputs/compare/mine"),
+        # ---- audit.yaml (`out` is predict's key below); cleanlab's filter_by / scores (evaluation/suspects.py)
+        "audit.filter_by": choice(
+            "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+        ),  # fmt: skip
+        "audit.rank_by": choice("self_confidence", "normalized_margin", "confidence_weighted_entropy"),
+        "audit.show": integer(0, 200, example=24),
         # ---- evaluate.yaml, predict.yaml, export.yaml
         "ckpt": text("outputs/.../checkpoints/best-epoch=12.ckpt"),
         "input": text("~/new_photos"),

@@ -19,10 +19,10 @@ from .balance import BALANCE, balanced_sampler, class_weights, imbalance_ratio
 from .balance import class_counts as _counts
 from .batch_augment import BatchAugment
 from .duplicates import drop_leaks, duplicate_groups
-from .images import ImageFiles, ImageSet, TensorImages, TransformedImages
+from .images import ImageFiles, ImageSet, TensorImages, TransformedImages, concat
 from .preflight import Probe, preflight
 from .sources import Source, load_source
-from .splits import holdout, subsample
+from .splits import Fold, fold_of, holdout, subsample
 from .transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class TransferDataModule(L.LightningDataModule):
         strict: bool = True,
         augment_on: str = "cpu",
         gpus: int = 0,
+        cv: dict | None = None,
+        exclude: str | None = None,
     ):
         super().__init__()
         self.cfg = dict(dataset)
@@ -71,6 +73,8 @@ class TransferDataModule(L.LightningDataModule):
         # device: loaders yield uint8 crops; flip/rotation/jitter/normalise run per batch after the transfer.
         self.on_device = augment_on == "device"
         self.batch_augment = BatchAugment(self.mean, self.std, self.augment) if self.on_device else None
+        self.fold = Fold.of(cv)  # cross-validation: the fold that validates (None: the one train/val split)
+        self.exclude = exclude  # a file of image ids (paths) left out of every split
         self.source: Source | None = None
         self.splits: dict[str, ImageSet] = {}
         self.probes: dict[str, Probe] = {}  # pre-flight verdict per file (file sources only)
@@ -86,9 +90,9 @@ class TransferDataModule(L.LightningDataModule):
             return
         self.source = load_source(self.cfg, self.background, self.strict)
         names = self.source.class_names
-        given = self._without_bad_files(self.source.splits)
+        given = self._without_excluded(self._without_bad_files(self.source.splits))
         try:
-            splits = make_splits(given, self.cfg, names)
+            splits = make_splits(given, self.cfg, names, self.fold)
         except DataError as err:
             if self.strict:
                 raise
@@ -167,6 +171,30 @@ class TransferDataModule(L.LightningDataModule):
                         raise DataError(message)
                     self.source.problems.append(message)
             kept[split] = images
+        return kept
+
+    def _without_excluded(self, given: dict[str, ImageSet]) -> dict[str, ImageSet]:
+        """data.exclude: leave out the images the file names (one id a line: a path, or audit.csv's id)."""
+        self.checks["excluded"] = []
+        if not self.exclude:
+            return given
+        listed = excluded_ids(self.exclude)
+        kept = {}
+        for split, images in given.items():
+            ids = [_normal(i) for i in images.ids()]
+            drop = [i for i, name in enumerate(ids) if name in listed]
+            self.checks["excluded"] += [images.ids()[i] for i in drop]
+            keep = np.setdiff1d(np.arange(len(images)), np.asarray(drop, dtype=np.int64))
+            kept[split] = images.subset(keep) if drop else images
+        unmatched = len(listed) - len({_normal(i) for i in self.checks["excluded"]})
+        log.info("data.exclude=%s: left out %d image(s)", self.exclude, len(self.checks["excluded"]))
+        if unmatched:
+            log.warning(
+                "data.exclude=%s: %d of its %d entries name no image of this dataset (another dataset's list?)",
+                self.exclude,
+                unmatched,
+                len(listed),
+            )
         return kept
 
     @property
@@ -264,6 +292,8 @@ class TransferDataModule(L.LightningDataModule):
             "scan_warnings": self.checks["scan_warnings"],
             "duplicate_groups": len(self.checks["duplicates"]),
             "leaks_removed": len(self.checks["leaks_removed"]),
+            "excluded": len(self.checks.get("excluded", [])),  # data.exclude
+            "fold": self.fold.as_dict() if self.fold else None,  # cross-validation
             "class_counts": self.checks["class_counts"],
             "imbalance_ratio": self.checks["imbalance_ratio"],
             "balance": self.balance,
@@ -311,11 +341,30 @@ def auto_workers(in_memory: bool, gpus: int, cpus: int | None = None) -> int:
     return max(1, min(8, cpus // gpus - 1))
 
 
-def make_splits(given: dict[str, ImageSet], cfg: dict, names: list[str] | None = None) -> dict[str, ImageSet]:
+def _normal(image_id: str) -> str:
+    return os.path.normpath(os.path.abspath(os.path.expanduser(image_id)))
+
+
+def excluded_ids(path: str) -> set[str]:
+    """The ids an exclude list names: one a line, blank lines and # comments ignored."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"data.exclude={path}: no such file. Pass a text file of image paths, one a line (python -m tlexp.audit "
+            "writes one as exclude.txt), or data.exclude=null."
+        )
+    lines = (line.strip() for line in file.read_text(errors="replace").splitlines())
+    return {_normal(line) for line in lines if line and not line.startswith("#")}
+
+
+def make_splits(
+    given: dict[str, ImageSet], cfg: dict, names: list[str] | None = None, fold: Fold | None = None
+) -> dict[str, ImageSet]:
     """train/val/test from what the source gives: a pool, or some of the splits already made.
 
     Held-out splits come first and do not depend on `per_class`/`train_size`, so runs at different
     training-set sizes are evaluated on the same images. The test split is never used for selection.
+    With a `fold`, train + val (as above) are pooled and split into stratified folds: the fold validates.
     """
     seed = int(cfg.get("split_seed", 0))
     splits = dict(given)
@@ -333,4 +382,12 @@ def make_splits(given: dict[str, ImageSet], cfg: dict, names: list[str] | None =
     chosen = subsample(train.labels, seed, cfg.get("per_class"), cfg.get("train_size"))
     if len(chosen) < len(train):
         train = train.subset(chosen)
+    if fold is not None:  # cross-validation: fold i of train + val validates, the other folds train
+        pool = concat(train, splits["val"])
+        which = fold_of(pool.labels, fold.folds, seed, fold.repeat, names)
+        return {
+            "train": pool.subset(np.flatnonzero(which != fold.part)),
+            "val": pool.subset(np.flatnonzero(which == fold.part)),
+            "test": splits["test"],
+        }
     return {"train": train, "val": splits["val"], "test": splits["test"]}

@@ -28,20 +28,44 @@ class ImageSet:
     def subset(self, indices: np.ndarray) -> ImageSet:
         raise NotImplementedError
 
+    def ids(self) -> list[str]:
+        """A stable name per image (its path, or `<source>:<split>:<index>`): what audits and exclude lists name."""
+        raise NotImplementedError
+
 
 class TensorImages(ImageSet):
     """Images already decoded into one uint8 tensor [N, C, H, W] (C = 1 or 3): decode once, reuse."""
 
-    def __init__(self, pixels: torch.Tensor, labels: np.ndarray):
+    def __init__(self, pixels: torch.Tensor, labels: np.ndarray, prefix: str = "images", index=None):
         assert pixels.dtype == torch.uint8 and pixels.ndim == 4, "pixels must be uint8 [N, C, H, W]"
         self.pixels, self.labels = pixels, np.asarray(labels, dtype=np.int64)
+        # Where each image sits in the source as loaded, so that its id survives splits and subsets.
+        self.prefix = prefix
+        self.index = np.arange(len(self.labels)) if index is None else np.asarray(index, dtype=np.int64)
 
     def image(self, i: int) -> torch.Tensor:
         return self.pixels[i]  # grey stays [1, H, W]: the transforms make it RGB after the pixel work
 
     def subset(self, indices: np.ndarray) -> TensorImages:
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return TensorImages(self.pixels[idx], self.labels[np.asarray(indices)])
+        indices = np.asarray(indices, dtype=np.int64)
+        idx = torch.as_tensor(indices)
+        return TensorImages(self.pixels[idx], self.labels[indices], self.prefix, self.index[indices])
+
+    def ids(self) -> list[str]:
+        return [f"{self.prefix}:{i}" for i in self.index]
+
+
+def concat(a: ImageSet, b: ImageSet) -> ImageSet:
+    """Two image sets of one source as one (cross-validation pools train and val)."""
+    if isinstance(a, ImageFiles) and isinstance(b, ImageFiles):
+        return ImageFiles(a.paths + b.paths, np.concatenate([a.labels, b.labels]), a.background)
+    if isinstance(a, TensorImages) and isinstance(b, TensorImages) and a.prefix == b.prefix:
+        pixels = torch.cat([a.pixels, b.pixels])
+        return TensorImages(pixels, np.concatenate([a.labels, b.labels]), a.prefix, np.concatenate([a.index, b.index]))
+    raise DataError(
+        "cross-validation pools train and val, but they come from different kinds of source here "
+        f"({type(a).__name__}, {type(b).__name__}). Give the images as one folder, or set cv.folds=0."
+    )
 
 
 class BadImage(Exception):
@@ -105,6 +129,9 @@ class ImageFiles(ImageSet):
 
     def subset(self, indices: np.ndarray) -> ImageFiles:
         return ImageFiles([self.paths[i] for i in indices], self.labels[np.asarray(indices)], self.background)
+
+    def ids(self) -> list[str]:
+        return list(self.paths)
 
 
 class NoReadableImages(DataError):

@@ -71,7 +71,8 @@ def fashion_mnist(root: str) -> Source:
         labels = _read_idx(_find_idx(base, f"{prefix}-labels-idx1-ubyte"))
         if len(images) != len(labels):
             raise DataError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels in {base}")
-        splits[split] = TensorImages(torch.from_numpy(images.copy()).unsqueeze(1), labels.astype(np.int64))
+        pixels = torch.from_numpy(images.copy()).unsqueeze(1)
+        splits[split] = TensorImages(pixels, labels.astype(np.int64), prefix=f"fashion_mnist:{split}")
     return Source(FASHION_MNIST_CLASSES, splits, identity=f"fashion_mnist:{base.resolve()}")
 
 
@@ -315,7 +316,7 @@ def synthetic(num_classes: int = 4, per_class: int = 40, image_size: int = 32, s
     pixels = (images.clamp(0, 1) * 255).to(torch.uint8)
     names = [f"class_{c}" for c in range(num_classes)]
     ident = f"synthetic:{num_classes}x{per_class}@{image_size}px,seed{seed}"
-    return Source(names, {"pool": TensorImages(pixels, labels.numpy())}, identity=ident)
+    return Source(names, {"pool": TensorImages(pixels, labels.numpy(), prefix="synthetic")}, identity=ident)
 
 
 def check_location(cfg: dict) -> None:

@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
-from tlexp.config.errors import DataError
+from tlexp.config.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Cross-validation fold `part` of `folds`, in repeat `repeat`: run i of cv.folds x cv.repeats."""
+
+    part: int
+    folds: int
+    repeat: int = 0
+
+    @property
+    def index(self) -> int:
+        return self.repeat * self.folds + self.part
+
+    @classmethod
+    def of(cls, cv: dict | None) -> Fold | None:
+        """The fold a run trains on (cv.fold set), or None (no cross-validation, or the parent of the folds)."""
+        if not cv or not cv.get("folds") or cv.get("fold") is None:
+            return None
+        folds, index = int(cv["folds"]), int(cv["fold"])
+        if index >= folds * int(cv.get("repeats", 1)):
+            raise ConfigError(
+                f"cv.fold={index}: there are cv.folds x cv.repeats = {folds * int(cv.get('repeats', 1))} folds, "
+                "numbered from 0."
+            )
+        return cls(index % folds, folds, index // folds)
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "part": self.part, "folds": self.folds, "repeat": self.repeat}
 
 
 def _take(per_class_idx: dict[int, np.ndarray], counts: dict[int, int]) -> tuple[np.ndarray, dict]:
@@ -83,3 +113,21 @@ def _warn_if_short(by_class: dict[int, np.ndarray], counts: dict[int, int], per_
         log.warning(
             "dataset.train_size=%d asks for more images than the training pool holds; training uses %d", total, got
         )
+
+
+def fold_of(labels: np.ndarray, folds: int, seed: int, repeat: int = 0, names: list[str] | None = None) -> np.ndarray:
+    """The fold (0 .. folds-1) of each image: each class shuffled (seeded per repeat), then dealt round-robin,
+    so that every fold holds each class in proportion and the same seed gives the same folds."""
+    rng = np.random.default_rng([seed, 7919, repeat])
+    fold = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < folds:
+            name = names[c] if names else c
+            raise DataError(
+                f"cv.folds={folds}: class '{name}' has {len(members)} train + val images, fewer than the folds, so "
+                f"some fold would have none of it to validate on. Lower cv.folds (at most {len(members)}) or add "
+                "images to that class."
+            )
+        fold[members] = np.arange(len(members)) % folds
+    return fold

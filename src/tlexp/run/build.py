@@ -42,6 +42,7 @@ from .accel import (
     resolve_threads,
 )
 from .atomic import AtomicCheckpointIO, write_text
+from .best import BestOnVal
 from .claim import release
 from .guards import RequireTraining, StopOnNonFinite
 from .history import EpochHistory
@@ -115,7 +116,7 @@ def build_run(cfg: DictConfig, callbacks: list | None = None) -> Run:
     schedule = PhaseSchedule(phases, freeze_mode=cfg.freeze_mode)
     curves = EpochHistory(schedule.phase_index)
     out = start_output(cfg, resume_from)  # once the weights and the data are there: a refused run leaves no record
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best-{epoch:02d}", monitor="val/acc", mode="max")
+    best = BestOnVal(out / "checkpoints")
     trainer = build_trainer(cfg, out, schedule, best, [curves, *(callbacks or [])])
     cache = decide_cache(cfg, strategy, phases, schedule.mode(trainer), datamodule, backbone, trainer)
     return Run(
@@ -219,6 +220,8 @@ def build_datamodule(cfg: DictConfig, pre: Preprocessing, **overrides) -> Transf
         "drop_leaks": data.drop_leaks,
         "preflight_cache": data.preflight_cache,
         "augment_on": data.get("augment_on", "cpu"),
+        "cv": plain(cfg.cv) if cfg.get("cv") else None,
+        "exclude": data.get("exclude"),
         "gpus": gpus_on_node(cfg.trainer.get("accelerator", "cpu"), cfg.trainer.get("devices", 1)),
     }
     return TransferDataModule(**{**kwargs, **overrides})

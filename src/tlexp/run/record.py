@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from tlexp.evaluation import intervals
+
 from .accel import precision_ran
 from .atomic import write_text
 from .build import Run
@@ -29,6 +31,9 @@ class Outcome:
     probe: dict | None
     head_init: dict | None = None  # head_init: probe: the probe the head started from
     lr_find: dict | None = None  # lr_find=true: the range test's suggestion (not applied)
+    test_logits: tuple | None = None  # (logits, labels) of the test pass: intervals for its figures
+    best_val_loss: float | None = None
+    best_tied: int = 0  # epochs whose val accuracy equalled the best one's: the val loss chose among them
 
 
 def machine(trainer) -> str:
@@ -63,6 +68,8 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "epochs": run.schedule.total_epochs,
         "best_epoch": best_epoch(outcome.best),
         "best_val_acc": float(best_score) if best_score is not None else None,
+        "best_val_loss": outcome.best_val_loss,
+        "best_epoch_tied_on_val_acc": outcome.best_tied,  # > 0: that many epochs tied with it; the val loss chose
         # strategy=auto: choosing (probe, pilots) is part of what the run cost
         "fit_seconds": round(outcome.fit_seconds + (run.decision.seconds if run.decision else 0.0), 2),
         "machine": machine(run.trainer),
@@ -71,6 +78,9 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "trainable_params_per_phase": [module.trainable_parameters(p.train) for p in phases],
         "total_params": module.total_parameters(),
         "test": {k.removeprefix("test/"): float(v) for k, v in outcome.test.items()},
+        "test_intervals": test_intervals(outcome, dm.num_classes, dm.sizes()["test"], cfg.seed),
+        "best_val_interval": val_interval(best_score, dm.sizes()["val"]),
+        "fold": dm.fold.as_dict() if dm.fold else None,  # cv.fold: this run validated on that fold
         "checkpoint": outcome.best,
         "resumed": bool(cfg.get("resume")),
         "history": outcome.epochs,
@@ -82,6 +92,33 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "head_init": outcome.head_init,
         "lr_find": outcome.lr_find,
     }
+
+
+def test_intervals(outcome: Outcome, num_classes: int, test_images: int, seed: int) -> dict:
+    """95% intervals of the test figures: from the test pass's logits, or (DDP: each rank holds a shard) Wilson
+    from the accuracy over the whole test split."""
+    if outcome.test_logits is not None:
+        logits, labels = outcome.test_logits
+        found = intervals.of_logits(logits.numpy(), labels.numpy(), num_classes, seed)
+    else:
+        acc = float(outcome.test.get("test/acc", float("nan")))
+        found = {"acc": intervals.wilson(round(acc * test_images), test_images)} if acc == acc else {}
+    return {k: v.as_dict() for k, v in found.items()}
+
+
+def val_interval(best_score, val_images: int) -> dict | None:
+    if best_score is None:
+        return None
+    return intervals.wilson(round(float(best_score) * val_images), val_images).as_dict()
+
+
+def figure(metrics: dict, key: str) -> str:
+    """A test figure as `0.84 [0.83, 0.85] on 10000 images`, or its plain value where no interval was made."""
+    found = (metrics.get("test_intervals") or {}).get(key)
+    if found:
+        return str(intervals.Interval(**found))
+    value = metrics["test"].get(key, float("nan"))
+    return f"{value:.4f}"
 
 
 def record(run: Run, outcome: Outcome) -> dict:
@@ -111,6 +148,13 @@ def best_epoch(path: str | None) -> int | None:
     return int(Path(path).stem.split("epoch=")[1].split("-")[0])
 
 
+def best_said(metrics: dict) -> str:
+    tied = metrics.get("best_epoch_tied_on_val_acc") or 0
+    return f"{metrics['best_epoch']}" + (
+        f", its val accuracy tied by {tied} other epoch(s): lowest val loss" if tied else ""
+    )
+
+
 def print_summary(metrics: dict, out: Path) -> None:
     test = metrics["test"]
     rows = [
@@ -119,10 +163,12 @@ def print_summary(metrics: dict, out: Path) -> None:
         *([("auto", metrics["auto"]["reason"])] if metrics.get("auto") else []),
         ("train / val / test", " / ".join(str(metrics["dataset_sizes"][k]) for k in ("train", "val", "test"))),
         ("trainable params", f"{metrics['trainable_params']:,} of {metrics['total_params']:,}"),
-        ("fit time", f"{metrics['fit_seconds']:.1f} s ({metrics['epochs']} epochs, best {metrics['best_epoch']})"),
-        ("test accuracy", f"{test.get('acc', float('nan')):.4f}"),
-        ("test macro F1", f"{test.get('f1', float('nan')):.4f}"),
+        ("fit time", f"{metrics['fit_seconds']:.1f} s ({metrics['epochs']} epochs, best {best_said(metrics)})"),
+        ("test accuracy", figure(metrics, "acc")),
+        ("test macro F1", figure(metrics, "f1")),
     ]
+    if metrics.get("best_val_interval"):
+        rows.insert(-2, ("best val accuracy", str(intervals.Interval(**metrics["best_val_interval"]))))
     if "acc_top5" in test:
         rows.append(("test top-5 acc", f"{test['acc_top5']:.4f}"))
     cache = metrics.get("feature_cache")
