@@ -90,6 +90,25 @@ def test_training_leaves_the_evaluation_report(run):
     assert "fewer than 50" in summary["temperature_skipped"] and "temperature" not in summary
     assert metrics["evaluation"]["ece"] == summary["ece"]
     assert "| ant |" in (out / "classification_report.md").read_text()
+    # Every figure with its interval and count: Wilson's bounds from the count of right answers, by hand.
+    n, right = summary["images"], n_right(summary)
+    z = 1.959963984540054
+    centre = (right / n + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * ((right / n) * (1 - right / n) / n + z * z / (4 * n * n)) ** 0.5
+    acc = metrics["test_intervals"]["acc"]
+    assert (acc["low"], acc["high"], acc["n"]) == (
+        pytest.approx(centre - half, abs=1e-4),
+        pytest.approx(centre + half, abs=1e-4),
+        n,
+    )
+    assert summary["intervals"]["acc"] == acc
+    f1 = metrics["test_intervals"]["f1"]
+    assert f1["low"] <= metrics["test"]["f1"] + 1e-4 and f1["high"] >= metrics["test"]["f1"] - 1e-4
+    assert f"on {n} images" in (out / "classification_report.md").read_text()
+
+
+def n_right(summary: dict) -> int:
+    return summary["images"] - summary["misclassified"]
 
 
 def test_tensorboard_holds_the_images_and_an_hparams_session_with_its_metrics(run):

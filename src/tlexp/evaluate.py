@@ -16,6 +16,7 @@ from tlexp.model.inference import load_trained
 from tlexp.run.resume import RUN_CONFIG
 
 from .data import TransferDataModule
+from .evaluation.intervals import Interval
 from .evaluation.report import BINS, evaluate
 
 log = logging.getLogger("tlexp")
@@ -24,7 +25,8 @@ log = logging.getLogger("tlexp")
 def describe(summary: dict, out: Path) -> str:
     lines = [
         f"  {summary['split']} images      {summary['images']} ({summary['misclassified']} wrong)",
-        f"  accuracy         {summary['accuracy']:.4f}   macro F1 {summary['macro_f1']:.4f}",
+        f"  accuracy         {Interval(**summary['intervals']['acc'])}",
+        f"  macro F1         {Interval(**summary['intervals']['f1'])}",
         f"  ECE ({BINS} bins)    {summary['ece']:.4f}   NLL {summary['nll']:.4f}",
     ]
     if "temperature" in summary:

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassCalibrationError, MulticlassCo
 from tlexp.data import TransferDataModule
 from tlexp.run.atomic import write_text
 
-from . import calibration, figures
+from . import calibration, figures, intervals
 
 BINS = 15
 
@@ -78,20 +78,38 @@ def per_class_report(matrix: np.ndarray, class_names: list[str]) -> list[dict]:
     return rows
 
 
-def write_report(rows: list[dict], accuracy: float, out: Path) -> None:
+def recall_intervals(matrix: np.ndarray) -> list[intervals.Interval]:
+    """Each class's recall with its Wilson interval: on a few images per class it is the loosest figure."""
+    return [intervals.wilson(int(matrix[c, c]), int(matrix[c].sum())) for c in range(len(matrix))]
+
+
+def write_report(rows: list[dict], figures_: dict[str, intervals.Interval], recalls, out: Path) -> None:
     with open(out / "classification_report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
+        fields = ["class", "precision", "recall", "recall_low", "recall_high", "f1", "support"]
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows({**r, **{k: f"{r[k]:.4f}" for k in ("precision", "recall", "f1")}} for r in rows)
+        for i, r in enumerate(rows):
+            bounds = recalls[i] if i < len(recalls) else None
+            low = "" if bounds is None or bounds.low is None else f"{bounds.low:.4f}"
+            high = "" if bounds is None or bounds.high is None else f"{bounds.high:.4f}"
+            writer.writerow(
+                {
+                    **r,
+                    **{k: f"{r[k]:.4f}" for k in ("precision", "recall", "f1")},
+                    "recall_low": low,
+                    "recall_high": high,
+                }
+            )
     lines = [
-        f"accuracy: {accuracy:.4f} on {rows[-1]['support']} images",
+        f"accuracy: {figures_['acc']} (95% interval: Wilson)",
+        f"macro F1: {figures_['f1']} (95% interval: bootstrap over images)",
         "",
-        "| class | precision | recall | F1 | support |",
+        "| class | precision | recall [95% interval] | F1 | support |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |" for r in rows
-    ]
+    for i, r in enumerate(rows):
+        recall = recalls[i].text(on=False) if i < len(recalls) else f"{r['recall']:.2f}"
+        lines.append(f"| {r['class']} | {r['precision']:.2f} | {recall} | {r['f1']:.2f} | {r['support']} |")
     write_text(out / "classification_report.md", "\n".join(lines) + "\n")
 
 
@@ -133,7 +151,8 @@ def evaluate(
     matrix = confusion_matrix(labels, predicted, len(names))
     accuracy = float(np.trace(matrix) / max(1, matrix.sum()))
     rows = per_class_report(matrix, names)
-    write_report(rows, accuracy, out)
+    found = intervals.of_logits(logits.numpy(), labels.numpy(), len(names))
+    write_report(rows, found, recall_intervals(matrix), out)
     figures.save(figures.confusion_figure(matrix, names), out / "confusion_matrix.png", tensorboard, "eval/confusion")
 
     save_top_losses(datamodule, split, probs, labels, top_loss_count, out, tensorboard)
@@ -143,6 +162,7 @@ def evaluate(
         "images": int(len(labels)),
         "accuracy": accuracy,
         "macro_f1": rows[-2]["f1"],
+        "intervals": {k: v.as_dict() for k, v in found.items()},
         "ece": ece(probs, labels),
         "nll": calibration.nll(logits, labels),
         "misclassified": int((predicted != labels).sum()),

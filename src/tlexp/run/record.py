@@ -178,7 +178,8 @@ def print_summary(metrics: dict, out: Path) -> None:
     probe = metrics.get("linear_probe")
     if probe:
         how = f"L-BFGS, L2 {probe['l2']:g} chosen on val, {probe['seconds']} s"
-        rows.append(("linear probe acc", f"{probe['test']['acc']:.4f} ({how})"))
+        n = metrics["dataset_sizes"]["test"]
+        rows.append(("linear probe acc", f"{intervals.wilson(round(probe['test']['acc'] * n), n)} ({how})"))
     if metrics.get("checkpoint"):
         rows.append(("best checkpoint", metrics["checkpoint"]))  # for predict / evaluate / export
     rows.append(("run dir", str(out)))
