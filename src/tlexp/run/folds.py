@@ -86,11 +86,13 @@ def cross_validate(cfg: DictConfig, train_one: Callable[[DictConfig], dict]) -> 
         print(f"\n=== fold {index + 1} of {count}{f': this fold {again}' if again else ''} ===", flush=True)
         started = time.perf_counter()
         results.append(train_one(one))
-        if index == 0 and count > 1 and not again:
+        left = count - index - 1
+        if left and not (again and "finished before" in again):
+            # From the latest fold: the first also computes what later folds reuse (the test set's cached features).
             took = time.perf_counter() - started
             print(
-                f"\ncross-validation: fold 1 took {took:.0f} s; the other {count - 1} take about "
-                f"{took * (count - 1) / 60:.1f} min more",
+                f"\ncross-validation: fold {index + 1} took {took:.0f} s; at that pace the other {left} take about "
+                f"{took * left / 60:.1f} min",
                 flush=True,
             )
     summary = summarise(results, gather(parent, count), parent)
