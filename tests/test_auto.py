@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import tlexp.train as train_module
 from tlexp import auto
-from tlexp.auto import Standing, better_half, choose, explain, paired_noise, still_open
+from tlexp.auto import Standing, better_half, choose, explain, judge, paired_noise, still_open, stop_rule
+from tlexp.auto.pilots import measure
 from tlexp.config.errors import ConfigError
 from tlexp.data import TransferDataModule
 from tlexp.features.evidence import feature_evidence, knn_predict, stratified_folds
@@ -28,11 +30,13 @@ from .conftest import compose_cfg
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def standing(name: str, right: int, n: int = 100, cost: float = 10.0, epochs: int = 1, offset: int = 0) -> Standing:
-    """A candidate that gets val images offset .. offset+right-1 (mod n) right."""
+def standing(
+    name: str, right: int, n: int = 100, cost: float = 10.0, epochs: int = 1, offset: int = 0, **more
+) -> Standing:  # fmt: skip
+    """A candidate that gets val images offset .. offset+right-1 (mod n) right; `more`: share, val_loss."""
     correct = torch.zeros(n, dtype=torch.bool)
     correct[(torch.arange(right) + offset) % n] = True
-    return Standing(name, correct, epochs, cost / 10, cost)
+    return Standing(name, correct, epochs, cost / 10, cost, **more)
 
 
 # ---------------------------------------------------------------- judging made-up evidence
@@ -54,7 +58,9 @@ def test_a_lead_beyond_the_noise_wins_even_when_dearer():
     dear = standing("lp_ft", 90, cost=100.0)  # right on a superset of cheap's images: +20 points, noise ~4
     winner, runner_up = choose([cheap, dear])
     assert (winner.strategy, runner_up.strategy) == ("lp_ft", "feature_extraction")
-    assert "+20.0 points, more than the noise" in explain(winner, runner_up, 100)
+    text = explain(winner, runner_up)
+    assert "difference +20 [" in text and "points (95% interval, paired" in text and "more than 1 paired s.e." in text
+    assert "lp_ft (its pilot after 1 backbone epoch(s)) val 0.90 [0.83, 0.94] on 100 images" in text
 
 
 def test_a_tie_within_the_noise_goes_to_the_cheaper():
@@ -63,7 +69,7 @@ def test_a_tie_within_the_noise_goes_to_the_cheaper():
     assert 0.02 < paired_noise(cheap, dear)
     winner, runner_up = choose([cheap, dear])
     assert (winner.strategy, runner_up.strategy) == ("feature_extraction", "lp_ft")
-    assert "within the noise" in explain(winner, runner_up, 100) and "100x cheaper" in explain(winner, runner_up, 100)
+    assert "within the noise" in explain(winner, runner_up) and "about 100x cheaper" in explain(winner, runner_up)
 
 
 def test_the_same_gap_is_a_win_when_the_candidates_agree_elsewhere():
@@ -79,7 +85,11 @@ def test_equal_counts_are_an_exact_tie_whatever_float_they_came_from():
     pilot = standing("gradual", 138, n=139, cost=100.0)
     winner, runner_up = choose([pilot, probe])
     assert (winner.strategy, runner_up.strategy) == ("feature_extraction", "gradual")
-    assert "+0.0 points, more than" not in explain(winner, runner_up, 139)
+    assert "more than" not in explain(winner, runner_up)
+    assert auto.tie(winner, runner_up) == (
+        "feature_extraction and gradual tie on val accuracy (138 of 139 images each): the tie goes to the cheaper, "
+        "feature_extraction"
+    )
 
 
 @pytest.mark.parametrize("n", [139, 228, 500, 10_000])
@@ -88,7 +98,8 @@ def test_one_image_more_is_never_beyond_the_noise_and_two_are(n):
     probe = standing("feature_extraction", n - 1, n=n, cost=1.0, epochs=0)
     one_more = dataclasses.replace(standing("finetune", n, n=n, cost=100.0), share=0.2)
     assert not auto.leads(one_more, probe) and choose([one_more, probe])[0] is probe
-    assert still_open([probe, one_more], cap=0.7) is one_more and "within the noise" in explain(probe, one_more, n)
+    assert "within the noise" in explain(probe, one_more)
+    assert still_open([probe, one_more], cap=0.7) is None  # no training can make it lead: the stop rule's case
     two_more = standing("finetune", n, n=n, cost=100.0)
     assert auto.leads(two_more, standing("feature_extraction", n - 2, n=n, cost=1.0, epochs=0))
 
@@ -113,6 +124,145 @@ def test_better_half_keeps_the_top_half_and_breaks_ties_by_cost():
     assert [s.strategy for s in better_half(found)] == ["c", "b"]
     assert [s.strategy for s in better_half(found[:3])] == ["c", "b"]  # ceil(3 / 2)
     assert [s.strategy for s in better_half(found[:1])] == ["a"]
+
+
+# ---------------------------------------------------------------- the stop rule, ties, cost and the text
+
+
+class FakePilot:
+    """What `pilots.measure` sees of a pilot, without training: its standing at each advance, its eval speed."""
+
+    def __init__(self, *rungs: Standing, seconds_per_image: float = 0.01):
+        self.rungs, self.per_image, self.advanced = rungs, seconds_per_image, []
+
+    def advance(self, fraction: float) -> Standing:
+        self.advanced.append(fraction)
+        return dataclasses.replace(self.rungs[min(len(self.advanced), len(self.rungs)) - 1], share=fraction)
+
+    def seconds_per_val_image(self) -> float:
+        return self.per_image
+
+
+def cv(acc: float, folds: int = 5) -> SimpleNamespace:
+    return SimpleNamespace(cv_acc=acc, folds=folds)
+
+
+def decided(alive, rungs=None, stopped=None) -> auto.Decision:
+    features = {"val_right": alive[0].right, "val_images": len(alive[0].correct), "cv_accs": [0.9, 0.95, 0.92],
+                "knn_accs": [0.9, 0.9, 0.95], "folds": 3, "k": 10, "seconds": 0.1}  # fmt: skip
+    return judge(alive, train_images=160, num_classes=2, features=features, rungs=rungs, stopped=stopped)
+
+
+@pytest.mark.parametrize("n", [26, 139])
+def test_a_probe_that_misses_one_val_image_stops_auto_before_any_pilot(n):
+    """The user's report: 25 of 26 (and 138 of 139) right; no pilot can lead that beyond the noise on this val set."""
+    probe = standing("feature_extraction", n - 1, n=n, cost=1.0, epochs=0, val_loss=0.2)
+    pilot = FakePilot(standing("finetune", n, n=n, cost=100.0))
+    alive, rungs, stopped = measure({"finetune": pilot}, {"feature_extraction": probe}, 0.1, 1.0, cv(0.9), n + 160)
+    assert pilot.advanced == [] and rungs is None  # the pilots' whole cost saved
+    assert stopped == f"the probe misses 1 of {n} val images: no pilot can lead it beyond the noise on this val set"
+    decision = decided(alive, rungs, stopped)
+    assert (decision.strategy, decision.runner_up, decision.stopped) == ("feature_extraction", None, stopped)
+    assert f"{stopped}, so no pilot trains: feature_extraction (the linear probe) val " in decision.reason
+    assert decision.reason.endswith("images: feature_extraction, the cheaper.")
+    assert not auto.can_be_led(1) and auto.can_be_led(2)  # the best challenger: W = errors, L = 0
+
+
+def test_a_probe_that_misses_five_of_26_lets_the_pilot_train_until_it_leads():
+    probe = standing("feature_extraction", 21, n=26, cost=1.0, epochs=0)  # wrong on images 21..25
+    climbing = [standing("finetune", 22, n=26, cost=100.0, epochs=3), standing("finetune", 26, n=26, cost=100.0)]
+    pilot = FakePilot(*climbing)  # W=1 L=0 first (within the noise), then W=5 L=0 (a lead)
+    assert stop_rule(probe, 21 / 26) is None
+    alive, rungs, stopped = measure({"finetune": pilot}, {"feature_extraction": probe}, 0.1, 1.0, cv(0.8), 186)
+    assert stopped is None and pilot.advanced == [0.1, 0.2] and len(rungs) == 2
+    decision = decided(alive, rungs)
+    assert decision.strategy == "finetune" and decision.stopped is None and "more than 1 paired s.e." in decision.reason
+
+
+def test_on_a_small_val_set_the_cross_validated_probe_is_a_second_count_of_its_errors():
+    probe = standing("feature_extraction", 23, n=26, cost=1.0, epochs=0)  # 3 of 26 wrong: a lead is possible
+    assert stop_rule(probe) is None and stop_rule(probe, cv_acc=0.90) is None  # CV expects 2.6 -> 3 errors
+    said = stop_rule(probe, cv_acc=0.97, folds=5)  # CV expects 0.78 -> 1 error on 26 images: the smaller count
+    assert said.startswith("the probe misses 3 of 26 val images, but at its cross-validated accuracy (0.970, 5 folds")
+    assert "about 1 on a val set this size" in said
+    large = standing("feature_extraction", 297, n=300, cost=1.0, epochs=0)
+    assert auto.SMALL_VAL <= 300 and stop_rule(large, cv_acc=0.999) is None  # a large val set counts for itself
+
+
+def test_an_exact_tie_on_val_accuracy_goes_to_the_lower_val_loss_and_the_record_says_so():
+    dear = standing("lp_ft", 20, n=26, cost=50.0, epochs=3, val_loss=0.30)
+    low = standing("finetune", 20, n=26, cost=50.0, epochs=3, offset=2, val_loss=0.20)  # same count, other images
+    assert choose([dear, low]) == (low, dear) and choose([low, dear]) == (low, dear)
+    decision = decided([dear, low])
+    assert decision.strategy == "finetune"
+    assert decision.tie == (
+        "finetune and lp_ft tie on val accuracy (20 of 26 images each): the lower val log-loss (0.200 vs 0.300) "
+        "breaks it: finetune"
+    )
+    assert decision.tie in decision.reason
+    # successive halving's cut too: the lower val loss goes on, though dearer
+    assert better_half([dataclasses.replace(dear, full_seconds=10.0), dataclasses.replace(low, full_seconds=90.0)]) == [
+        dataclasses.replace(low, full_seconds=90.0)
+    ]
+    assert decided([standing("lp_ft", 22, n=26, val_loss=0.3), low]).tie is None  # no tie, nothing said
+
+
+def test_the_cost_is_one_definition_in_train_and_advise(monkeypatch, capsys):
+    """The probe measured on a cold feature cache (advise first) and a warm one (train after it): the same price."""
+    import re
+
+    from tlexp import advise as advise_module
+
+    def through_the_pilots(probe_seconds: float) -> auto.Decision:
+        probe = standing("feature_extraction", 24, n=26, cost=probe_seconds, epochs=0, val_loss=0.3)
+        pilot = FakePilot(standing("finetune", 25, n=26, cost=66.0, epochs=3, val_loss=0.2), seconds_per_image=0.01)
+        alive, rungs, stopped = measure({"finetune": pilot}, {"feature_extraction": probe}, 0.1, 0.1, cv(0.92), 186)
+        return decided(alive, rungs, stopped)
+
+    cold, warm = through_the_pilots(3.0), through_the_pilots(0.05)  # before: 22x and 1320x
+    assert cold.reason == warm.reason and "feature_extraction, about 35x cheaper to run in full." in warm.reason
+    monkeypatch.setattr(advise_module, "select", lambda cfg: SimpleNamespace(decision=cold))
+    advise_module.advise(compose_cfg("dataset=synthetic", "strategy=auto"))
+    printed = capsys.readouterr().out
+    assert f"advice: {warm.reason}" in printed  # advise says what train records
+    assert re.search(r"feature_extraction 0\.92 \[0\.\d+, 0\.\d+\] \(0 ep, 0 s; full run ~2 s\)", printed)
+    assert "CV probe 0.92 [" in printed and "on 3 folds of train + val" in printed
+    assert "probe val 0.92 [0.76, 0.98] on 26 images" in printed
+
+
+def test_a_pilots_cost_is_its_median_epoch_times_its_schedule():
+    from tlexp.auto.pilots import EpochTimes, Pilot
+
+    pilot = object.__new__(Pilot)  # its arithmetic alone: no run
+    pilot.free, pilot.total, pilot.times, pilot.best = 2, 30, EpochTimes(), SimpleNamespace(correct=torch.ones(26))
+    pilot.times.train = {0: 0.5, 1: 0.7, 2: 9.0, 3: 2.0, 4: 2.2}  # 2 head-only epochs, then a slow first one
+    pilot.times.val = {0: 0.01, 1: 0.01, 2: 0.52, 3: 0.26, 4: 0.30}
+    assert pilot.full_seconds() == pytest.approx(0.6 * 2 + 2.2 * 30)
+    assert pilot.seconds_per_val_image() == pytest.approx(0.30 / 26)  # image passes only, not cached features
+    assert auto.epochs_seconds([], 30) == 0.0 and auto.priced(standing("p", 5), None, 100).full_seconds == 10.0
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (standing("feature_extraction", 26, n=26, cost=1, epochs=0), standing("finetune", 26, n=26, cost=70)),
+        (standing("feature_extraction", 25, n=26, cost=1, epochs=0), standing("finetune", 26, n=26, cost=70)),
+        (standing("feature_extraction", 100, cost=1, epochs=0), standing("finetune", 100, cost=70)),
+        (standing("feature_extraction", 70, cost=1, epochs=0), standing("finetune", 90, cost=70)),
+        (standing("lp_ft", 20, n=26, val_loss=0.3), standing("finetune", 20, n=26, offset=2, val_loss=0.2)),
+    ],
+)
+def test_the_noise_is_never_said_as_plus_minus_zero(a, b):
+    """Right on the same images: the paired difference has no spread; the text gives the difference's interval."""
+    for stopped in (None, stop_rule(a)):
+        decision = decided([a, b], stopped=stopped)
+        assert "+/-" not in decision.reason and "0.0 points" not in decision.reason, decision.reason
+        for row in decision.evidence:
+            assert {"low", "high", "n"} <= row["val"].keys() and row["val"]["method"] == "wilson"
+            assert {"low", "high"} <= row["difference"].keys()
+    same = explain(*choose([a, b]))
+    if a.right == b.right == len(a.correct):
+        assert "difference +0 [+0, +0] points" in same
 
 
 def test_the_size_rule_says_it_measured_nothing():
@@ -159,15 +309,14 @@ def test_feature_evidence_separates_signal_from_noise():
 
 
 def test_a_pilot_is_judged_by_its_best_val_epoch_so_far():
-    from types import SimpleNamespace
-
     from tlexp.auto.pilots import BestVal
 
-    best, trainer = BestVal(), SimpleNamespace(sanity_checking=False)
-    for right in (7, 9, 8):  # val accuracy per epoch: the second epoch is the best
+    best = BestVal()
+    for right, loss in ((7, 0.5), (9, 0.4), (8, 0.3), (9, 0.2)):  # the second epoch is the best (ties: the earliest)
         verdicts = torch.arange(10) < right
+        trainer = SimpleNamespace(sanity_checking=False, callback_metrics={"val/loss": torch.tensor(loss)})
         best.on_validation_epoch_end(trainer, SimpleNamespace(val_correct=lambda v=verdicts: v))
-    assert int(best.correct.sum()) == 9
+    assert int(best.correct.sum()) == 9 and best.loss == pytest.approx(0.4)  # the loss of the epoch it kept
 
 
 class EpochCounter(Callback):
@@ -235,6 +384,7 @@ def test_a_winner_that_was_not_a_pilot_trains_as_its_plain_run_would(tiny_cfg, m
 
     plain_run = train(tiny_cfg("strategy=feature_extraction", "epoch_scale=0.3"))
     monkeypatch.setattr(auto, "choose", probe_wins)
+    monkeypatch.setattr(auto, "stop_rule", lambda *args: None)  # the synthetic probe is perfect: pilots train anyway
     chosen = train(tiny_cfg("strategy=auto", "strategy.candidates=[feature_extraction,finetune]", "epoch_scale=0.3"))
     assert chosen["strategy"] == "feature_extraction" and chosen["auto"]["rungs"][0][1]["epochs"] >= 1
     assert chosen["history"] == plain_run["history"] and chosen["test"] == plain_run["test"]  # same draws
@@ -243,16 +393,33 @@ def test_a_winner_that_was_not_a_pilot_trains_as_its_plain_run_would(tiny_cfg, m
 FOUR = "strategy.candidates=[feature_extraction,lp_ft,finetune,gradual]"
 
 
-def test_successive_halving_over_four_candidates(tiny_cfg):
+def test_successive_halving_over_four_candidates(tiny_cfg, monkeypatch):
+    monkeypatch.setattr(auto, "stop_rule", lambda *args: None)  # the synthetic probe is perfect: pilots train anyway
     metrics = train(tiny_cfg("strategy=auto", FOUR, "epoch_scale=0.2"))  # lp_ft 2 epochs, finetune 6, gradual 2+2+2
     rungs = metrics["auto"]["rungs"]
     assert [len(r) for r in rungs][:2] == [4, 2] and all(len(r) == 2 for r in rungs[2:])
     first = {s["strategy"]: s for s in rungs[0]}
     assert first["feature_extraction"]["epochs"] == 0  # judged by the probe
-    kept = sorted(first.values(), key=lambda s: (-s["val_acc"], s["full_seconds_est"]))[:2]
+    assert all(s["val_loss"] is not None and s["val"]["method"] == "wilson" for s in first.values())
+    # the probe priced as one eval pass over train + val at the pilots' eval speed: below any pilot's full run
+    assert first["feature_extraction"]["full_seconds_est"] < min(s["full_seconds_est"] for s in rungs[0][1:])
+    kept = sorted(first.values(), key=lambda s: (-s["val_acc"], s["val_loss"], s["full_seconds_est"]))[:2]
     assert {s["strategy"] for s in rungs[1]} == {s["strategy"] for s in kept}
     assert all(s["epochs"] == 2 for s in rungs[1] if s["strategy"] != "feature_extraction")  # doubled
     assert metrics["strategy"] == metrics["auto"]["strategy"] in {s["strategy"] for s in rungs[1]}
+
+
+def test_auto_trains_no_pilot_where_the_probe_cannot_be_led(tiny_cfg):
+    """The synthetic probe gets every val image right: no pilot epoch is paid for, the winner is a plain run."""
+    counter = EpochCounter()
+    cfg = tiny_cfg("strategy=auto", "strategy.candidates=[feature_extraction,finetune]", "epoch_scale=0.1")
+    metrics = train(cfg, callbacks=[counter])
+    decision = metrics["auto"]
+    assert decision["strategy"] == "feature_extraction" and decision["runner_up"] is None
+    assert decision["stopped"].startswith("the probe misses 0 of ") and decision["stopped"] in decision["reason"]
+    assert [[s["strategy"] for s in rung] for rung in decision["rungs"]] == [["feature_extraction"]]
+    assert counter.started == metrics["epochs"]  # the winner's own epochs, no pilot's
+    assert not (Path(cfg.output_dir) / "pilots" / "finetune" / "checkpoints" / "last.ckpt").exists()
 
 
 def test_budget_zero_is_the_size_rule(tiny_cfg):
@@ -272,7 +439,8 @@ def test_resuming_an_auto_run_points_at_its_winner(tiny_cfg):
         train(tiny_cfg(f"resume={out}"))
 
 
-def test_an_auto_run_started_again_in_its_dir_measures_afresh(tiny_cfg):
+def test_an_auto_run_started_again_in_its_dir_measures_afresh(tiny_cfg, monkeypatch):
+    monkeypatch.setattr(auto, "stop_rule", lambda *args: None)  # the synthetic probe is perfect: pilots train anyway
     cfg = tiny_cfg("strategy=auto", "strategy.candidates=[feature_extraction,finetune]", "epoch_scale=0.2")
     first = train(cfg)
     (Path(cfg.output_dir) / "metrics.json").unlink()  # killed after its winner's pilot had trained on
@@ -286,17 +454,24 @@ def test_advise_prints_evidence_and_a_command_that_runs(tiny_weights):
     overrides = ["dataset=synthetic", "model=test_resnet", f"model.weights={tiny_weights}", "epoch_scale=0.1",
                  "trainer.enable_progress_bar=false"]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "tlexp.advise", *overrides, FOUR, "models=[test_resnet,resnet18]"],
+        [sys.executable, "-m", "tlexp.advise", *overrides, FOUR, "models=[test_resnet,resnet18]", "cv.folds=3"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "test_resnet" in out and "resnet18               skipped: model 'resnet18.tv_in1k' needs" in out
-    assert "pilots, rung by rung" in out and "rung 2:" in out and "advice: 104 training images" in out
+    # the synthetic probe is perfect: the stop rule saves every pilot (printed rungs: test_the_cost_is_one_definition)
+    assert (
+        "stopped: the probe misses 0 of" in out
+        and "pilots: none trained" in out
+        and "advice: 104 training images" in out
+    )
+    assert "on 3 folds of train + val" in out and "3-fold CV over train + val" in out  # cv.folds=3 honoured
     noise = ("💡 Tip:", "GPU available:", "TPU available:", "`Trainer(limit_")  # left out, as the README says
     assert not [line for line in (out + proc.stderr).splitlines() if line.lstrip().startswith(noise)]
     command = next(line for line in out.splitlines() if line.startswith("run it: ")).removeprefix("run it: ")
     assert command.startswith("python -m tlexp.train strategy=") and " ".join(overrides) in command
+    assert "cv.folds" not in command  # advise's evidence folds: in train they would cross-validate, not fit one model
     ran = subprocess.run(
         [sys.executable, *command.split()[1:], "--cfg", "job"], capture_output=True, text=True, cwd=ROOT, timeout=120
     )

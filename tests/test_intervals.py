@@ -93,3 +93,9 @@ def test_paired_difference_of_two_models_on_the_same_images():
     close = intervals.paired_difference(c, d)
     assert not close.excludes_zero
     assert "+0" in close.text(scale=100, signed=True)
+
+
+def test_a_bound_that_rounds_to_zero_is_not_shown_as_minus_zero():
+    assert intervals.Interval(0.01, -0.003, 0.02, 100, "bootstrap").text(scale=100, signed=True) == (
+        "+1 [+0, +2] on 100 images"
+    )

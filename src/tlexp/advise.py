@@ -9,6 +9,7 @@ It prints the evidence and a train command that keeps your overrides. Test is ne
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shlex
@@ -21,13 +22,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp.auto.pilots import select
+from tlexp.auto.pilots import cv_folds, select
 from tlexp.config.cli import precheck
 from tlexp.config.errors import ConfigError, WeightsUnavailable, exit_on_user_error
 from tlexp.config.validate import config_names, validate_config
 from tlexp.data.images import ImageFiles
 from tlexp.data.preflight import probe
 from tlexp.data.sources import load_source
+from tlexp.evaluation import intervals
 from tlexp.features.cache import eval_feature_cache, extract
 from tlexp.features.evidence import FeatureEvidence, feature_evidence
 from tlexp.model.backbones import create_backbone
@@ -117,7 +119,8 @@ def rank_backbones(cfg: DictConfig, models: list[str]) -> list[Ranked]:
         dm = build_datamodule(model_cfg, pre)
         dm.setup()
         features = eval_feature_cache(plain(model_cfg.cache), dm, backbone, model_cfg.model.name)
-        found = feature_evidence(features.features("train"), features.features("val"), dm.num_classes)
+        train, val = features.features("train"), features.features("val")
+        found = feature_evidence(train, val, dm.num_classes, folds=cv_folds(model_cfg))
         ranked.append(Ranked(name, found, forward_speed(backbone, dm)))
     return sorted(ranked, key=lambda r: -1.0 if r.evidence is None else r.evidence.cv_acc, reverse=True)
 
@@ -131,16 +134,25 @@ def forward_speed(backbone: torch.nn.Module, dm) -> float:
     return len(feats) / (time.perf_counter() - started)
 
 
+def over_folds(accs) -> str:
+    """`0.93 [0.90, 0.96]`: the mean accuracy over folds with its t-interval, clipped to what accuracy can be."""
+    found = intervals.mean(accs, unit="folds")
+    if found.low is not None and found.high is not None:
+        found = dataclasses.replace(found, low=max(0.0, found.low), high=min(1.0, found.high))
+    return found.text(on=False)
+
+
 def print_ranking(ranking: list[Ranked]) -> None:
-    print("\nbackbones, by their frozen features (5-fold CV over train + val; mean +/- s.d. over folds):")
-    print(f"  {'model':<22} {'probe acc':>15} {'kNN acc':>15} {'forward img/s':>14} {'probe acc/ms':>13}")
+    folds = next((r.evidence.folds for r in ranking if r.evidence is not None), 0)
+    print(f"\nbackbones, by their frozen features ({folds}-fold CV over train + val; mean [95% interval] over folds):")
+    print(f"  {'model':<22} {'probe acc':>20} {'kNN acc':>20} {'forward img/s':>14} {'probe acc/ms':>13}")
     for r in ranking:
         if r.evidence is None:
             print(f"  {r.model:<22} skipped: {r.skipped}")
             continue
         e = r.evidence
         per_ms = e.cv_acc * r.images_per_second / 1000  # accuracy per millisecond of forward time per image
-        print(f"  {r.model:<22} {e.cv_acc:>8.3f} +/- {e.cv_std:.3f} {e.knn_acc:>8.3f} +/- {e.knn_std:.3f} "
+        print(f"  {r.model:<22} {over_folds(e.cv_accs):>20} {over_folds(e.knn_accs):>20} "
               f"{r.images_per_second:>14.0f} {per_ms:>13.3f}")  # fmt: skip
 
 
@@ -149,12 +161,23 @@ def print_evidence(cfg: DictConfig, decision: auto.Decision) -> None:
     print(f"\ndataset {cfg.dataset.name}, model {cfg.model.short}: {decision.train_images} training images, "
           f"{decision.num_classes} classes")  # fmt: skip
     print(
-        f"frozen features: probe val {f['val_acc']:.3f}; {f['folds']}-fold CV probe {f['cv_acc']:.3f} "
-        f"+/- {f['cv_std']:.3f}, kNN (k={f['k']}) {f['knn_acc']:.3f} +/- {f['knn_std']:.3f} ({f['seconds']:.1f} s)"
+        f"frozen features: probe val {intervals.wilson(f['val_right'], f['val_images']).text()}; "
+        f"CV probe {over_folds(f['cv_accs'])} on {f['folds']} folds of train + val, "
+        f"kNN (k={f['k']}) {over_folds(f['knn_accs'])} ({f['seconds']:.1f} s)"
     )
-    print("pilots, rung by rung (val accuracy; backbone epochs):")
+    if decision.stopped:
+        print(f"stopped: {decision.stopped}")
+    if not any(s["epochs"] for rung in decision.rungs for s in rung):
+        print("pilots: none trained")
+        print(f"choosing took {decision.seconds:.0f} s")
+        return
+    print("pilots, rung by rung (val accuracy [95% interval]; backbone epochs; estimated full run, as auto prices it):")
     for i, rung in enumerate(decision.rungs, 1):
-        row = ", ".join(f"{s['strategy']} {s['val_acc']:.3f} ({s['epochs']} ep, {s['seconds']:.0f} s)" for s in rung)
+        row = ", ".join(
+            f"{s['strategy']} {intervals.Interval(**s['val']).text(on=False)} ({s['epochs']} ep, "
+            f"{s['seconds']:.0f} s; full run ~{s['full_seconds_est']:.0f} s)"
+            for s in rung
+        )
         print(f"  rung {i}: {row}")
     print(f"choosing took {decision.seconds:.0f} s")
 
@@ -173,7 +196,8 @@ def with_model(cfg: DictConfig, name: str) -> DictConfig:
 def train_command(strategy: str, model: str | None = None) -> str:
     """The train command for this advice, keeping the user's own overrides (dataset, model, ...)."""
     given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    dropped = ("strategy", "models", *(("model",) if model else ()))
+    # cv.folds: the folds of advise's evidence; in train it would cross-validate (K models), not train the one to use
+    dropped = ("strategy", "models", "cv", *(("model",) if model else ()))
     kept = [o for o in given if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] not in dropped]
     return shlex.join(["python", "-m", "tlexp.train", f"strategy={strategy}", *([model] if model else []), *kept])
 

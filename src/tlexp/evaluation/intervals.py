@@ -41,9 +41,13 @@ class Interval:
         """`0.93 [0.83, 0.97] on 60 images`; scale=100 for points, signed for differences."""
         d = max(0, self.decimals - (2 if scale == 100 else 0))
         sign = "+" if signed else ""
-        head = f"{self.value * scale:{sign}.{d}f}"
+
+        def shown(x: float) -> str:
+            return f"{round(x * scale, d) + 0.0:{sign}.{d}f}"  # + 0.0: a value that rounds to zero is not "-0"
+
+        head = shown(self.value)
         if self.low is not None and self.high is not None:
-            head += f" [{self.low * scale:{sign}.{d}f}, {self.high * scale:{sign}.{d}f}]"
+            head += f" [{shown(self.low)}, {shown(self.high)}]"
         tail = f" on {self.n} {self.unit if self.n != 1 else self.unit.rstrip('s')}" if on else ""
         return head + tail
 

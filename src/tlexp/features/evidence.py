@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from .probe import fit_probe
 
+FOLDS = 5  # folds of the CV evidence unless the caller asks for others (advise and auto: `cv.folds` when set)
+
 
 @dataclass(frozen=True)
 class FeatureEvidence:
@@ -23,7 +25,7 @@ class FeatureEvidence:
 
     val_acc: float  # probe fitted on train, L2 chosen on val: feature_extraction's starting (and converged) head
     l2: float
-    cv_acc: float
+    cv_acc: float  # mean over folds
     cv_std: float
     knn_acc: float
     knn_std: float
@@ -31,10 +33,22 @@ class FeatureEvidence:
     k: int
     seconds: float
     val_correct: torch.Tensor = field(repr=False)  # per val image: the probe got it right (for paired noise)
+    val_loss: float = float("nan")  # the probe's val log-loss: breaks exact ties on val accuracy
+    cv_accs: tuple[float, ...] = ()  # per fold: the raw material of the interval over folds
+    knn_accs: tuple[float, ...] = ()
 
     def as_dict(self) -> dict:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "val_correct"}
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
+        counts = {"val_right": int(self.val_correct.sum()), "val_images": len(self.val_correct)}
+        return {**{k: _rounded(v) for k, v in values.items()}, **counts}
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, tuple):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
@@ -56,8 +70,11 @@ def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, query: torch.Tenso
     return votes.argmax(1)
 
 
-def feature_evidence(train, val, num_classes: int, folds: int = 5, k: int = 10, seed: int = 0) -> FeatureEvidence:
-    """train/val: (features, labels). The probe's L2 is chosen once on val, then kept fixed across the folds."""
+def feature_evidence(
+    train, val, num_classes: int, folds: int = FOLDS, k: int = 10, seed: int = 0
+) -> FeatureEvidence:  # fmt: skip
+    """train/val: (features, labels). The probe's L2 is chosen once on val, then kept fixed across the folds
+    (at most as many folds as the rarest class has images over train + val, at least 2)."""
     started = time.perf_counter()
     probe = fit_probe(train, val, num_classes)
     val_correct = (val[0].float() @ probe["weight"].T + probe["bias"]).argmax(1) == val[1]
@@ -82,4 +99,7 @@ def feature_evidence(train, val, num_classes: int, folds: int = 5, k: int = 10, 
         k=k,
         seconds=time.perf_counter() - started,
         val_correct=val_correct,
+        val_loss=probe["val_loss"],
+        cv_accs=tuple(probe_accs),
+        knn_accs=tuple(knn_accs),
     )
