@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train inspect bench-preflight sweep compare advise bench bench-gpu bench-cache bench-recipes bench-datasets bench-auto clean-cache tensorboard evaluate predict export lint docs clean
+.PHONY: help install fashion-mnist test test-all train inspect audit bench-preflight sweep compare advise bench bench-gpu bench-cache bench-recipes bench-datasets bench-auto bench-audit clean-cache tensorboard evaluate predict export lint docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,9 @@ train: ## the main job: python -m tlexp.train $(ARGS)
 
 inspect: ## a dataset report without training: python -m tlexp.inspect $(ARGS) (e.g. ARGS="dataset=imagefolder dataset.root=$$HOME/photos")
 	$(PY) -m tlexp.inspect $(ARGS)
+
+audit: ## which train + val images look mislabelled (out-of-fold probe + cleanlab): python -m tlexp.audit $(ARGS)
+	$(PY) -m tlexp.audit $(ARGS)
 
 bench-preflight: ## pre-flight speed: 1 thread vs all cores vs cached, side by side
 	$(PY) benchmarks/bench_preflight.py $(ARGS)
@@ -73,6 +76,9 @@ bench-datasets: ## the benchmarks' other real image sets (digits, textures) as i
 
 bench-auto: bench-datasets ## strategy=auto's regret and cost against every candidate at full length (hours on CPU; resumable): $(ARGS)
 	$(PY) benchmarks/bench_auto.py $(ARGS)
+
+bench-audit: bench-datasets ## the label audit on 5% / 10% flipped labels: recall of the flips, test accuracy clean / noisy / flagged left out (hours on CPU; resumable): $(ARGS)
+	$(PY) benchmarks/bench_audit.py $(ARGS)
 
 bench-cache: ## cached vs uncached feature_extraction (Fashion-MNIST, EfficientNet-Lite0, 20 epochs), side by side
 	$(PY) benchmarks/bench_cache.py $(ARGS)

@@ -78,6 +78,8 @@ def test_exclude_list_leaves_its_images_out_of_every_split(tmp_path):
     assert not kept & set(dropped)
     assert sum(dm.sizes().values()) == sum(plain.sizes().values()) - 3
     assert dm.report()["excluded"] == 3
+    for split in ("train", "val", "test"):  # the others stay in their splits: nothing redrawn or refilled
+        assert dm.splits[split].ids() == [i for i in plain.splits[split].ids() if i not in dropped]
     with pytest.raises(ConfigError, match="data.exclude=.*no such file"):
         data(exclude=str(tmp_path / "missing.txt"))
 

@@ -40,6 +40,7 @@ CONTEXTS = {
     "inspect": ("inspect", []),
     "advise": ("advise", []),
     "compare": ("compare", []),
+    "audit": ("audit", []),
     "evaluate": ("evaluate", ["ckpt=run/checkpoints/last.ckpt", "dataset=imagefolder"]),
     "predict": ("predict", ["ckpt=model.onnx", "input=photos"]),
     "export": ("export", ["ckpt=run/checkpoints/last.ckpt"]),

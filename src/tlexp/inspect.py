@@ -145,6 +145,7 @@ def format_report(r: dict, out: Path) -> str:
     if r["problems"]:
         lines.append(f"problems that stop training: {len(r['problems'])}")
         lines += [f"  - {p}" for p in r["problems"]]
+    lines.append("labels that look wrong: python -m tlexp.audit with the same overrides ranks them (docs/audit.md)")
     lines += ["", f"report.json, samples.png, class_counts.png in {out}"]
     return "\n".join(lines)
 

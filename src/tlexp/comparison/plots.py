@@ -1,4 +1,7 @@
-"""The comparison plots (matplotlib, no display needed): one panel per dataset x training-set size."""
+"""The comparison plots (matplotlib, no display needed): one panel per dataset x training-set size.
+
+Accuracy is drawn with its 95% interval: a run's own (Wilson on its test images), a mean's over seeds or folds.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tlexp.evaluation import intervals  # noqa: E402
 from tlexp.run.atomic import atomic_path  # noqa: E402
 
 COLOURS = {
@@ -29,17 +33,30 @@ def _style(strategy: str) -> dict:
     return {"color": _colour(strategy), **dotted}
 
 
-def _cell(row: dict) -> tuple[str, int]:
-    return row.get("dataset", ""), row["train_images"]
+def _cell(row: dict) -> tuple[str, int, int]:
+    """A run's (or a summary row's) panel: dataset, training-set size (a fold's cell size) and folds (0: none)."""
+    return row.get("dataset", ""), row.get("cell_images", row["train_images"]), row.get("folds") or 0
 
 
-def _cells(rows) -> list[tuple[str, int]]:
+def _cells(rows) -> list[tuple[str, int, int]]:
     return sorted({_cell(r) for r in rows})
 
 
-def _title(cell: tuple[str, int]) -> str:
-    dataset, size = cell
-    return f"{dataset + ', ' if dataset else ''}{size} training images"
+def _title(cell: tuple[str, int, int]) -> str:
+    dataset, size, folds = cell
+    where = f"{dataset + ', ' if dataset else ''}"
+    return f"{where}{size} training images" if not folds else f"{where}~{size} training images, {folds}-fold CV"
+
+
+def _yerr(points: list[dict], key: str) -> list[list[float]]:
+    """Asymmetric error bars in points from each row's `<key>` and its `<key>_low` / `_high` (none where unknown)."""
+    below, above = [], []
+    for p in points:
+        value, low, high = p.get(key), p.get(f"{key}_low"), p.get(f"{key}_high")
+        known = value is not None and low is not None and high is not None
+        below.append(100 * max(0.0, value - low) if known else 0.0)
+        above.append(100 * max(0.0, high - value) if known else 0.0)
+    return [below, above]
 
 
 def _in(rows, cell, strategy) -> list[dict]:
@@ -70,7 +87,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
-    """Test accuracy against fit time: one point per run, one colour per strategy, one panel per cell."""
+    """Test accuracy against fit time: one point per run with its Wilson interval, one colour per strategy, one
+    panel per cell."""
     if not rows:
         return None
     cells = _cells(rows)
@@ -79,15 +97,17 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path | None:
         for strategy in sorted({r["strategy"] for r in rows}):
             rs = _in(rows, cell, strategy)
             if rs:
-                ax.scatter([r["fit_seconds"] / 60 for r in rs], [100 * r["test_acc"] for r in rs],
-                           label=strategy, color=_colour(strategy), s=40, alpha=0.8)  # fmt: skip
-        ax.set(xlabel="fit time (min)", ylabel="test accuracy (%)", title=_title(cell))
+                ax.errorbar([r["fit_seconds"] / 60 for r in rs], [100 * r["test_acc"] for r in rs],
+                            yerr=_yerr(rs, "test_acc"), fmt="o", capsize=2, elinewidth=0.8, label=strategy,
+                            color=_colour(strategy), markersize=6, alpha=0.8)  # fmt: skip
+        ax.set(xlabel="fit time (min)", ylabel="test accuracy (%), 95% interval", title=_title(cell))
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
 def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
-    """Validation accuracy per epoch (the mean over a cell's runs, said in the title), phase changes dashed."""
+    """Validation accuracy per epoch (the mean over a cell's runs, said in the title) with its 95% band (the
+    t-interval over the runs; one run: Wilson on its val images), phase changes dashed."""
     rows = [r for r in rows if r.get("history")]
     if not rows:
         return None
@@ -108,31 +128,53 @@ def plot_learning_curves(rows: list[dict], path: Path) -> Path | None:
             epochs = sorted(per_epoch)
             ax.plot([e + 1 for e in epochs], [100 * sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs],
                     label=strategy, **_style(strategy))  # fmt: skip
+            bands = [_band(per_epoch[e], rs[0].get("val_n")) for e in epochs]
+            shown = [(e + 1, b) for e, b in zip(epochs, bands, strict=True) if b is not None]
+            if shown:
+                ax.fill_between([e for e, _ in shown], [100 * b[0] for _, b in shown], [100 * b[1] for _, b in shown],
+                                color=_colour(strategy), alpha=0.12, linewidth=0)  # fmt: skip
             boundary = 0
             for n in rs[0]["phase_epochs"][:-1]:
                 boundary += n
                 ax.axvline(boundary + 0.5, color=_colour(strategy), linestyle="--", alpha=0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         mean = f"mean of up to {most} runs per line, " if most > 1 else ""
-        ax.set(xlabel="epoch", ylabel="val accuracy (%)", title=f"{_title(cell)}\n({mean}dashed: phase change)")
+        title = f"{_title(cell)}\n({mean}band: 95% interval, dashed: phase change)"
+        ax.set(xlabel="epoch", ylabel="val accuracy (%)", title=title)
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
+def _band(values: list[float], val_n: int | None) -> tuple[float, float] | None:
+    """The 95% band at one epoch: the t-interval over the runs, or one run's Wilson interval on its val images."""
+    if len(values) > 1:
+        iv = intervals.mean(values, unit="runs")
+    elif val_n:
+        iv = intervals.wilson(round(values[0] * val_n), val_n)
+    else:
+        return None
+    return (max(0.0, iv.low), min(1.0, iv.high)) if iv.low is not None and iv.high is not None else None
+
+
 def plot_accuracy_vs_size(summary: list[dict], path: Path, thresholds=(500, 2000)) -> Path | None:
-    """Test accuracy against training-set size per strategy (datasets with several sizes), the size rule's
-    thresholds dotted, auto's picks written beside its points."""
-    datasets = sorted({s["dataset"] for s in summary if len({t["train_images"] for t in summary
-                                                              if t["dataset"] == s["dataset"]}) > 1})  # fmt: skip
+    """Test accuracy against training-set size per strategy (datasets with several sizes), error bars the 95%
+    interval (over seeds or folds; one run: its Wilson interval), the size rule's thresholds dotted, auto's picks
+    written beside its points."""
+
+    def panel(s: dict) -> tuple[str, int]:
+        return s["dataset"], s.get("folds") or 0
+
+    datasets = sorted({panel(s) for s in summary if len({t["train_images"] for t in summary
+                                                         if panel(t) == panel(s)}) > 1})  # fmt: skip
     if not datasets:
         return None
     fig, axes = _axes(len(datasets), width=6.5)
-    for ax, dataset in zip(axes, datasets, strict=True):
-        here = [s for s in summary if s["dataset"] == dataset]
+    for ax, (dataset, folds) in zip(axes, datasets, strict=True):
+        here = [s for s in summary if panel(s) == (dataset, folds)]
         for strategy in sorted({s["strategy"] for s in here}):
             ss = sorted((s for s in here if s["strategy"] == strategy), key=lambda s: s["train_images"])
             ax.errorbar([s["train_images"] for s in ss], [100 * s["test_acc_mean"] for s in ss],
-                        yerr=[100 * s["test_acc_std"] for s in ss], capsize=3,
+                        yerr=_yerr([{**s, "test_acc": s["test_acc_mean"]} for s in ss], "test_acc"), capsize=3,
                         label=strategy, **{"marker": "o", **_style(strategy)})  # fmt: skip
             for s in ss:
                 if s.get("picked"):
@@ -143,6 +185,8 @@ def plot_accuracy_vs_size(summary: list[dict], path: Path, thresholds=(500, 2000
             ax.axvline(t, color="gray", linestyle=":")
             ax.text(t, ax.get_ylim()[0], f" size rule: {t}", color="gray", fontsize=8, va="bottom")
         ax.set_xscale("log")
-        ax.set(xlabel="training images", ylabel="test accuracy (%)", title=f"{dataset}: where the strategies cross")
+        cv = f", {folds}-fold CV" if folds else ""
+        title = f"{dataset}{cv}: where the strategies cross (bars: 95% interval)"
+        ax.set(xlabel="training images", ylabel="test accuracy (%)", title=title)
         ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

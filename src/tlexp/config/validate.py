@@ -263,6 +263,9 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "report.enabled": boolean(),
         "report.temperature": boolean(),
         "report.top_losses": integer(0, example=16),
+        "report.gradcam": boolean(),
+        "report.unknown_reject": number(0, 0.5, example=0.05),  # evaluation/unknown.py: the share of val rejected
+        "report.unknown_score": choice("energy", "msp"),  # evaluation.unknown.SCORES
         "report.train_batch_preview": integer(0, example=32),
         **{f"preprocess.{k}": r for k, r in PREPROCESS.items()},
         # ---- model/*.yaml (model.name is checked against timm by backbones.check_model_name)
@@ -337,6 +340,31 @@ def _rules() -> dict[str, Rule | _Lazy]:
         ),  # fmt: skip
         "audit.rank_by": choice("self_confidence", "normalized_margin", "confidence_weighted_entropy"),
         "audit.show": integer(0, 200, example=24),
+        # ---- plan.yaml (`out` is predict's key below; planning/curve.py, planning/pool.py)
+        "pool": text("~/unlabelled") | NULL,
+        "target": number(0, 1, example=0.95, lo_open=True) | NULL,
+        "plan.fractions": Rule(
+            lambda v: isinstance(v, list) and len(v) >= 3 and all(_is_number(x) and 0 < x <= 1 for x in v)
+            and all(a < b for a, b in zip(v, v[1:])) and v[-1] == 1,
+            "a list of 3 or more increasing fractions in (0, 1], the last 1 (the whole training set)",
+            [0.125, 0.25, 0.5, 1.0],
+            ("abc", [0.5, 1.0], [0.5, 0.25, 1.0], [0.25, 0.5, 0.75], [0, 0.5, 1]),
+        ),  # fmt: skip
+        "plan.seeds": integer(1, 100, example=5),
+        "plan.at": Rule(
+            lambda v: isinstance(v, list) and len(v) > 0 and all(_is_number(x) and x > 1 for x in v),
+            "a non-empty list of multiples of the current training images, each > 1",
+            [2, 4, 10],
+            ("abc", [], [1], [0.5], 3),
+        ),
+        "plan.level": number(0.5, 0.99, example=0.9),
+        "plan.bootstrap": integer(50, 100000, example=500),
+        "plan.budget_minutes": number(0, example=30),
+        "plan.strategy": choice(*config_names("strategy", but="auto")) | NULL,
+        "plan.train_seeds": integer(1, 20, example=3),
+        "plan.batch": integer(1, example=100),
+        "plan.uncertainty": choice("margin", "entropy"),
+        "plan.show": integer(0, 200, example=32),
         # ---- evaluate.yaml, predict.yaml, export.yaml
         "ckpt": text("outputs/.../checkpoints/best-epoch=12.ckpt"),
         "input": text("~/new_photos"),
@@ -346,6 +374,8 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "num_workers": integer(0, example=2),
         "top_k": integer(1, example=5),
         "tta": boolean(False),
+        "unknown": boolean(),  # predict: label inputs under the threshold `unknown`
+        "explain": boolean(False),  # predict: Grad-CAM overlays
         "progress": boolean(),
         "format": choice("onnx", "torchscript"),
     }

@@ -90,7 +90,7 @@ class TransferDataModule(L.LightningDataModule):
             return
         self.source = load_source(self.cfg, self.background, self.strict)
         names = self.source.class_names
-        given = self._without_excluded(self._without_bad_files(self.source.splits))
+        given = self._without_bad_files(self.source.splits)
         try:
             splits = make_splits(given, self.cfg, names, self.fold)
         except DataError as err:
@@ -102,7 +102,8 @@ class TransferDataModule(L.LightningDataModule):
         sha1 = {p: r.sha1 for p, r in self.probes.items()}
         if self.drop_leaks:
             splits, leaks = drop_leaks(splits, sha1)
-        self.splits = splits
+        # After the splits are drawn: leaving images out must not redraw val/test or refill the training subset.
+        self.splits = self._without_excluded(splits)
         counts = {k: _counts(v.labels, len(names)) for k, v in splits.items()}
         self.checks.update(
             ignored_files=dict(self.source.ignored),
@@ -174,7 +175,8 @@ class TransferDataModule(L.LightningDataModule):
         return kept
 
     def _without_excluded(self, given: dict[str, ImageSet]) -> dict[str, ImageSet]:
-        """data.exclude: leave out the images the file names (one id a line: a path, or audit.csv's id)."""
+        """data.exclude: leave the images the file names (one id a line: a path, or audit.csv's id) out of the
+        splits already drawn; the other images stay where they were."""
         self.checks["excluded"] = []
         if not self.exclude:
             return given

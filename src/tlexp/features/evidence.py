@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
+from tlexp.data.splits import fold_of
+
 from .probe import fit_probe
 
 FOLDS = 5  # folds of the CV evidence unless the caller asks for others (advise and auto: `cv.folds` when set)
@@ -52,14 +54,8 @@ def _rounded(value):
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
-    """Fold index per sample: each class dealt round-robin over the folds after a seeded shuffle."""
-    generator = torch.Generator().manual_seed(seed)
-    fold = torch.empty_like(labels)
-    for c in labels.unique():
-        members = (labels == c).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        fold[members] = torch.arange(len(members)) % folds
-    return fold
+    """Fold index per sample: the data module's cross-validation folds (`data.splits.fold_of`), as a tensor."""
+    return torch.as_tensor(fold_of(labels.numpy(), folds, seed))
 
 
 def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, query: torch.Tensor, num_classes: int, k: int):
