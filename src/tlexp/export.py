@@ -34,6 +34,7 @@ from tlexp.config.cli import parse_args, run_dir_of
 from tlexp.config.errors import ConfigError, DataError, exit_on_user_error
 from tlexp.config.validate import check_writable
 from tlexp.data.images import TransformedImages
+from tlexp.evaluation import unknown as unknown_inputs
 from tlexp.evaluation.intervals import paired_difference, wilson
 from tlexp.model.inference import (
     CHECKPOINT,
@@ -480,6 +481,11 @@ def run_datamodule(ckpt: Path, module):
     return datamodule
 
 
+def unknown_for_card(checkpoint: str | None) -> dict | None:
+    record = unknown_inputs.from_checkpoint(checkpoint) if checkpoint else None
+    return unknown_inputs.for_logits(unknown_inputs.without_bank(record)) if record else None
+
+
 def model_card(module, fmt: str, path: Path, training: dict | None, checkpoint: str | None) -> dict:
     """The sidecar JSON: how to feed the exported graph and read its output, and how the model was trained."""
     pre = module.eval_preprocessing()
@@ -499,6 +505,8 @@ def model_card(module, fmt: str, path: Path, training: dict | None, checkpoint: 
         "model": module.hparams.model_name,
         "checkpoint": checkpoint,
         "training": training,
+        # predict's 'unknown' threshold, chosen on val at training time, as a logits-only graph can use it
+        "unknown": unknown_for_card(checkpoint),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tlexp": __version__, "torch": torch.__version__},
     }

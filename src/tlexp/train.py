@@ -32,6 +32,7 @@ from tlexp.run.record import Outcome, record
 from tlexp.run.resume import check_resume_argv, check_resume_overrides, finished_run, in_place
 
 from .auto import uses_pilots
+from .evaluation import unknown as unknown_inputs
 from .evaluation.report import collect_logits, evaluate
 
 log = logging.getLogger("tlexp")
@@ -78,6 +79,7 @@ def fit_and_test(run: Run) -> Outcome:
     logits = run.module.test_logits() if trainer.world_size == 1 else None  # under DDP a rank holds a shard
     if run.datamodule.fold is not None and trainer.is_global_zero:
         out_of_fold(run)
+    found_unknown = unknown(run, best)  # before the report: it reads val with the best weights, as the report does
     return Outcome(
         fit_seconds,
         test_seconds,
@@ -92,6 +94,7 @@ def fit_and_test(run: Run) -> Outcome:
         logits,
         best_loss,
         tied,
+        unknown=found_unknown,
     )
 
 
@@ -122,8 +125,24 @@ def report(run: Run) -> dict | None:
         limits={"test": trainer.limit_test_batches, "val": trainer.limit_val_batches},
         # The test pass's own logits; under DDP each rank holds a shard, so the report runs its own pass.
         logits=run.module.test_logits() if trainer.world_size == 1 else None,
+        gradcam=bool(cfg.get("gradcam", True)),  # top_losses_gradcam.png
     )
     return {k: v for k, v in evaluation.items() if k != "reliability_bins"}
+
+
+def unknown(run: Run, best: str | None) -> dict | None:
+    """The 'unknown' threshold of the best model, chosen on val only (report.unknown_reject of it rejected), kept in
+    its checkpoint with the training features it measures to; rank 0, where a best checkpoint exists."""
+    reject, trainer, dm = float(run.cfg.report.get("unknown_reject", 0.0)), run.trainer, run.datamodule
+    if not (reject > 0 and best and trainer.is_global_zero):
+        return None
+    val = unknown_inputs.collect(
+        run.module, dm.evaluation_loader("val"), trainer.strategy.root_device, trainer.limit_val_batches
+    )
+    bank = unknown_inputs.training_bank(run.module, dm, run.cache, run.cfg.seed, trainer.limit_train_batches)
+    found = unknown_inputs.fit(val[1], val[2], reject, str(run.cfg.report.get("unknown_score", "knn")), val[0], bank)
+    unknown_inputs.write_into_checkpoint(best, found, bank)
+    return found
 
 
 def probe(run: Run) -> dict | None:

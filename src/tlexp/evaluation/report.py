@@ -20,6 +20,7 @@ from tlexp.data import TransferDataModule
 from tlexp.run.atomic import write_text
 
 from . import calibration, figures, intervals
+from .gradcam import save_top_losses_gradcam as save_gradcam
 
 BINS = 15
 
@@ -132,6 +133,7 @@ def evaluate(
     device=None,
     limits: dict | None = None,
     logits: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gradcam: bool = True,
 ) -> dict:
     """Write the report files for `split` into `out`; returns the summary also written to `summary.json`.
 
@@ -156,6 +158,9 @@ def evaluate(
     figures.save(figures.confusion_figure(matrix, names), out / "confusion_matrix.png", tensorboard, "eval/confusion")
 
     save_top_losses(datamodule, split, probs, labels, top_loss_count, out, tensorboard)
+    worst = top_losses(probs, labels, top_loss_count) if gradcam else []
+    if worst:  # top_losses_gradcam.png: the same images, with where the model looked for its wrong class
+        save_gradcam(module, datamodule.splits[split], worst, probs, labels, names, out, tensorboard, device)
     bins = calibration.reliability_bins(probs, labels, BINS)
     summary = {
         "split": split,

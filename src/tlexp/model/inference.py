@@ -1,7 +1,8 @@
 """Load a trained model for inference: a Lightning checkpoint, an ONNX file or a TorchScript file.
 
 Each comes with its class names and preprocessing: a checkpoint holds them in its hyperparameters,
-an exported file in the sidecar JSON written next to it (`model.onnx` -> `model.onnx.json`).
+an exported file in the sidecar JSON written next to it (`model.onnx` -> `model.onnx.json`). The 'unknown'
+threshold (evaluation/unknown.py) comes from the checkpoint's `tlexp_unknown` key, or the card's `unknown`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tlexp.config.errors import ConfigError
+from tlexp.evaluation.unknown import for_logits, from_checkpoint, verdict
 
 from .preprocessing import Preprocessing
 
@@ -31,9 +34,39 @@ class Classifier:
     class_names: list[str]
     preprocessing: Preprocessing
     kind: str
+    unknown: dict | None = None  # the val-chosen threshold under which an input is `unknown` (None: not known)
+    module: Any = None  # the TransferModule of a checkpoint (Grad-CAM needs its gradients); None for exports
+    # batch -> (features the head sees, logits): the knn score measures the features; None for exports
+    features: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def transform(self):
         return self.preprocessing.eval_transform()
+
+    def judge(self, x: torch.Tensor, tta: bool = False, unknown: bool = True) -> Judged:
+        """Class probabilities of a preprocessed batch (`tta`: averaged with the mirror image's), and, where the
+        model has an unknown threshold and `unknown` is asked, each image's score and whether it falls under it.
+        The score is always the plain image's: the threshold was chosen on plain val images."""
+        use = unknown and self.unknown is not None
+        features, logits = None, None
+        if use and self.unknown["score"] == "knn" and self.features is not None:
+            features, logits = self.features(x)
+        logits = (self.forward(x) if logits is None else logits).float()
+        probs = logits.softmax(dim=1)
+        if tta:  # average with the mirror image: the flip is in the training augmentation
+            probs = (probs + self.forward(x.flip(dims=[3])).float().softmax(dim=1)) / 2
+        if not use:
+            return Judged(probs)
+        scores, rejected = verdict(logits, self.unknown, features)
+        return Judged(probs, scores, rejected)
+
+
+@dataclass
+class Judged:
+    """What a model says about a batch: probabilities [N, C]; the unknown score and verdict [N] when asked."""
+
+    probs: torch.Tensor
+    scores: torch.Tensor | None = None
+    rejected: torch.Tensor | None = None
 
 
 def sidecar_path(model_file: Path) -> Path:
@@ -83,7 +116,13 @@ def load_classifier(path: Path | str) -> Classifier:
         def forward(x: torch.Tensor) -> torch.Tensor:
             return module(x)
 
-        return Classifier(forward, list(module.class_names), module.eval_preprocessing(), "checkpoint")
+        @torch.inference_mode()
+        def features(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            found = module.backbone(x)
+            return found, module.head(found)
+
+        pre, unknown = module.eval_preprocessing(), from_checkpoint(path)
+        return Classifier(forward, list(module.class_names), pre, "checkpoint", unknown, module, features)
     if suffix not in (ONNX, TORCHSCRIPT):
         raise ConfigError(
             f"{path}: unknown model file type '{suffix}'. Use a .ckpt checkpoint, or a .onnx / .pt export."
@@ -98,7 +137,23 @@ def load_classifier(path: Path | str) -> Classifier:
         )
     card = json.loads(card_file.read_text())
     forward = exported_forward(path, suffix, card["input_name"])
-    return Classifier(forward, card["class_names"], Preprocessing.from_dict(card["preprocessing"]), suffix.lstrip("."))
+    pre = Preprocessing.from_dict(card["preprocessing"])
+    unknown = card.get("unknown") or _run_unknown(card)
+    # An exported graph gives logits only: a knn record decides by the energy score's threshold instead.
+    return Classifier(forward, card["class_names"], pre, suffix.lstrip("."), unknown and for_logits(unknown))
+
+
+def _run_unknown(card: dict) -> dict | None:
+    """A card without `unknown`: the threshold in its run's metrics.json, when that run's best checkpoint is the
+    file the model was exported from (the threshold belongs to those weights)."""
+    metrics_file = (card.get("training") or {}).get("metrics_file")
+    if not metrics_file or not card.get("checkpoint"):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        metrics = json.loads(Path(metrics_file).read_text())
+        if metrics.get("checkpoint") and Path(metrics["checkpoint"]).resolve() == Path(card["checkpoint"]).resolve():
+            return metrics.get("unknown")
+    return None
 
 
 def exported_forward(path: Path, suffix: str, input_name: str) -> Callable[[torch.Tensor], torch.Tensor]:

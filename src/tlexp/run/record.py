@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from tlexp.evaluation import intervals
+from tlexp.evaluation import unknown as unknown_inputs
 
 from .accel import precision_ran
 from .atomic import write_text
@@ -34,6 +35,7 @@ class Outcome:
     test_logits: tuple | None = None  # (logits, labels) of the test pass: intervals for its figures
     best_val_loss: float | None = None
     best_tied: int = 0  # epochs whose val accuracy equalled the best one's: the val loss chose among them
+    unknown: dict | None = None  # the 'unknown' threshold chosen on val (evaluation/unknown.py)
 
 
 def machine(trainer) -> str:
@@ -91,6 +93,7 @@ def metrics_of(run: Run, outcome: Outcome) -> dict:
         "linear_probe": outcome.probe,
         "head_init": outcome.head_init,
         "lr_find": outcome.lr_find,
+        "unknown": outcome.unknown,  # score, temperature, threshold, reject_rate, val_images (also in the checkpoint)
     }
 
 
@@ -103,6 +106,10 @@ def test_intervals(outcome: Outcome, num_classes: int, test_images: int, seed: i
     else:
         acc = float(outcome.test.get("test/acc", float("nan")))
         found = {"acc": intervals.wilson(round(acc * test_images), test_images)} if acc == acc else {}
+    top5 = outcome.test.get("test/acc_top5")
+    if top5 is not None and found:  # a share of the same images as the accuracy: Wilson on its count
+        n = found["acc"].n
+        found["acc_top5"] = intervals.wilson(round(float(top5) * n), n)
     return {k: v.as_dict() for k, v in found.items()}
 
 
@@ -170,7 +177,7 @@ def print_summary(metrics: dict, out: Path) -> None:
     if metrics.get("best_val_interval"):
         rows.insert(-2, ("best val accuracy", str(intervals.Interval(**metrics["best_val_interval"]))))
     if "acc_top5" in test:
-        rows.append(("test top-5 acc", f"{test['acc_top5']:.4f}"))
+        rows.append(("test top-5 acc", figure(metrics, "acc_top5")))
     cache = metrics.get("feature_cache")
     if cache:
         done = f"{len(cache['computed'])} computed, {len(cache['loaded'])} loaded"
@@ -182,6 +189,8 @@ def print_summary(metrics: dict, out: Path) -> None:
         rows.append(("linear probe acc", f"{intervals.wilson(round(probe['test']['acc'] * n), n)} ({how})"))
     if metrics.get("checkpoint"):
         rows.append(("best checkpoint", metrics["checkpoint"]))  # for predict / evaluate / export
+    if metrics.get("unknown"):
+        rows.append(("unknown", unknown_inputs.describe(metrics["unknown"])))
     rows.append(("run dir", str(out)))
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n", flush=True)
