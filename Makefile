@@ -5,7 +5,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fashion-mnist test test-all train inspect audit bench-preflight sweep compare advise bench bench-gpu bench-cache bench-recipes bench-datasets bench-auto bench-audit clean-cache tensorboard evaluate predict export lint docs clean
+.PHONY: help install fashion-mnist test test-all train inspect audit bench-preflight sweep compare advise plan bench-plan bench bench-gpu bench-cache bench-recipes bench-datasets bench-auto bench-audit bench-unknown bench-export clean-cache tensorboard evaluate predict export lint docs clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,9 @@ compare: ## strategies x seeds side by side, then the report (python -m tlexp.co
 advise: ## which strategy auto would pick for a dataset (python -m tlexp.advise $(ARGS))
 	$(PY) -m tlexp.advise $(ARGS)
 
+plan: ## how many more images, and of which classes: a learning curve and a labelling plan (python -m tlexp.plan $(ARGS); add pool=<folder> to rank unlabelled images)
+	$(PY) -m tlexp.plan $(ARGS)
+
 bench: ## throughput vs the compute bound and vs a plain PyTorch loop (CPU, a few minutes): $(ARGS)
 	$(PY) benchmarks/throughput.py $(ARGS)
 
@@ -77,8 +80,17 @@ bench-datasets: ## the benchmarks' other real image sets (digits, textures) as i
 bench-auto: bench-datasets ## strategy=auto's regret and cost against every candidate at full length (hours on CPU; resumable): $(ARGS)
 	$(PY) benchmarks/bench_auto.py $(ARGS)
 
+bench-plan: bench-datasets ## the plan's forecasts against the accuracy really reached, and its ranking against random labels (probe parts: minutes once the features are cached; resumable): $(ARGS)
+	$(PY) benchmarks/bench_plan.py $(ARGS)
+
 bench-audit: bench-datasets ## the label audit on 5% / 10% flipped labels: recall of the flips, test accuracy clean / noisy / flagged left out (hours on CPU; resumable): $(ARGS)
 	$(PY) benchmarks/bench_audit.py $(ARGS)
+
+bench-unknown: bench-datasets ## 'unknown' inputs: models on Fashion-MNIST, digits, textures shown the others' test images: AUROC, share accepted at the threshold (minutes on CPU; resumable): $(ARGS)
+	$(PY) benchmarks/bench_unknown.py $(ARGS)
+
+bench-export: ## PyTorch fp32, ONNX fp32 and ONNX int8 side by side: images/s at batch 1 and 32, test accuracy (the newest main-job run, or ARGS="--ckpt <file>")
+	$(PY) benchmarks/bench_export.py $(ARGS)
 
 bench-cache: ## cached vs uncached feature_extraction (Fashion-MNIST, EfficientNet-Lite0, 20 epochs), side by side
 	$(PY) benchmarks/bench_cache.py $(ARGS)

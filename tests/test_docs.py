@@ -1,6 +1,6 @@
 """The documentation: a short README, every documented command accepted, the configuration reference current.
 
-(b) finds every `python -m tlexp.train|advise|compare|inspect ...` line in the fenced code blocks of README.md and
+(b) finds every `python -m tlexp.train|advise|compare|inspect|audit|plan ...` line in the fenced code blocks of README.md and
 docs/*.md and runs it with `--cfg job` appended: Hydra composes the config, prints it and exits 0, and tlexp's own
 pre-Hydra checks (a missing dataset folder, a directory that holds a run) step aside for Hydra's flags, so a command
 on `dataset.root=$HOME/photos` needs no photos. The composed config is then checked against tlexp's rule table
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOC_FILES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MAX_README_LINES = 220
-COMMAND = re.compile(r"^python3?\s+-m\s+tlexp\.(train|advise|compare|inspect)\b(.*)$")
+COMMAND = re.compile(r"^python3?\s+-m\s+tlexp\.(train|advise|compare|inspect|audit|plan)\b(.*)$")
 PLACEHOLDERS = ("...", "<", ">")
 
 # Commands that tlexp's own checks refuse before Hydra sees `--cfg job`; skipped here:

@@ -265,7 +265,7 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "report.top_losses": integer(0, example=16),
         "report.gradcam": boolean(),
         "report.unknown_reject": number(0, 0.5, example=0.05),  # evaluation/unknown.py: the share of val rejected
-        "report.unknown_score": choice("energy", "msp"),  # evaluation.unknown.SCORES
+        "report.unknown_score": choice("knn", "energy", "msp"),  # evaluation.unknown.SCORES
         "report.train_batch_preview": integer(0, example=32),
         **{f"preprocess.{k}": r for k, r in PREPROCESS.items()},
         # ---- model/*.yaml (model.name is checked against timm by backbones.check_model_name)
@@ -341,15 +341,20 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "audit.rank_by": choice("self_confidence", "normalized_margin", "confidence_weighted_entropy"),
         "audit.show": integer(0, 200, example=24),
         # ---- plan.yaml (`out` is predict's key below; planning/curve.py, planning/pool.py)
-        "pool": text("~/unlabelled") | NULL,
+        "pool": text("/data/unlabelled") | NULL,
         "target": number(0, 1, example=0.95, lo_open=True) | NULL,
         "plan.fractions": Rule(
-            lambda v: isinstance(v, list) and len(v) >= 3 and all(_is_number(x) and 0 < x <= 1 for x in v)
-            and all(a < b for a, b in zip(v, v[1:])) and v[-1] == 1,
+            lambda v: (
+                isinstance(v, list)
+                and len(v) >= 3
+                and all(_is_number(x) and 0 < x <= 1 for x in v)
+                and all(a < b for a, b in zip(v, v[1:], strict=False))
+                and v[-1] == 1
+            ),
             "a list of 3 or more increasing fractions in (0, 1], the last 1 (the whole training set)",
             [0.125, 0.25, 0.5, 1.0],
             ("abc", [0.5, 1.0], [0.5, 0.25, 1.0], [0.25, 0.5, 0.75], [0, 0.5, 1]),
-        ),  # fmt: skip
+        ),
         "plan.seeds": integer(1, 100, example=5),
         "plan.at": Rule(
             lambda v: isinstance(v, list) and len(v) > 0 and all(_is_number(x) and x > 1 for x in v),
@@ -378,6 +383,9 @@ def _rules() -> dict[str, Rule | _Lazy]:
         "explain": boolean(False),  # predict: Grad-CAM overlays
         "progress": boolean(),
         "format": choice("onnx", "torchscript"),
+        "quantize": choice("int8") | NULL,  # export.quantize_int8 (format=onnx only: export.run says so)
+        "calibration_images": integer(1, example=200),  # training images, never test
+        "max_drop": number(0, 100, example=1.0),  # points of test accuracy an int8 export may lose
     }
     return rules
 
