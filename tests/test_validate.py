@@ -41,6 +41,7 @@ CONTEXTS = {
     "advise": ("advise", []),
     "compare": ("compare", []),
     "audit": ("audit", []),
+    "plan": ("plan", []),
     "evaluate": ("evaluate", ["ckpt=run/checkpoints/last.ckpt", "dataset=imagefolder"]),
     "predict": ("predict", ["ckpt=model.onnx", "input=photos"]),
     "export": ("export", ["ckpt=run/checkpoints/last.ckpt"]),
