@@ -1,10 +1,10 @@
 """The documentation: a short README, every documented command accepted, the configuration reference current.
 
-(b) finds every `python -m tlexp.train|advise|compare|inspect|audit|plan ...` line in the fenced code blocks of README.md and
-docs/*.md and runs it with `--cfg job` appended: Hydra composes the config, prints it and exits 0, and tlexp's own
-pre-Hydra checks (a missing dataset folder, a directory that holds a run) step aside for Hydra's flags, so a command
-on `dataset.root=$HOME/photos` needs no photos. The composed config is then checked against tlexp's rule table
-(`tlexp.config.validate.problems`), which `--cfg job` skips, so a bad value (`data.batch_size=0`) fails too.
+(b) finds every `python -m tlexp.train|advise|compare|inspect|audit|plan ...` line in the fenced code blocks of
+README.md and docs/*.md and runs it with `--cfg job` appended: Hydra composes the config, prints it and exits 0, and
+tlexp's own pre-Hydra checks (a missing dataset folder, a directory that holds a run) step aside for Hydra's flags,
+so a command on `dataset.root=$HOME/photos` needs no photos. The composed config is then checked against tlexp's rule
+table (`tlexp.config.validate.problems`), which `--cfg job` skips, so a bad value (`data.batch_size=0`) fails too.
 
 Hydra refuses `-m` together with `--cfg` ("Only one of --run, --multirun, --cfg ..."), so a multirun command is
 checked as single runs without `-m` that between them take every value of every sweep (`strategy=a,b,c` gives three
