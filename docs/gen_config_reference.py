@@ -36,7 +36,7 @@ TRAIN_COMPOSITIONS = [
     ("trainer=ddp", "train", ["trainer=ddp"]),
     ("trainer=ddp_cpu", "train", ["trainer=ddp_cpu"]),
 ]
-ENTRY_POINTS = ["inspect", "advise", "compare", "audit", "evaluate", "predict", "export"]
+ENTRY_POINTS = ["inspect", "advise", "compare", "audit", "plan", "evaluate", "predict", "export"]
 SECTION_TITLES = {
     "": "Top-level keys (`python -m tlexp.train`, and inspect, advise and compare, which compose it)",
     "model": "`model.*` (`conf/model/*.yaml`)",
