@@ -167,17 +167,16 @@ def summarise(result: dict) -> dict:
     if rule in ok:  # what the playbook's size rule (strategy.budget=0) would have scored
         row |= {"rule_pick": rule, "rule_regret": picked - ok[rule]["test"]["acc"]}
     auto = result["auto"]
-    whole = set(ok) == set(TRUTH)  # regret and cost compare with a whole compare's runs
     if auto and "error" not in auto:
         pick = auto["auto"]["strategy"]
         row |= {
             "auto_pick": pick,
             "auto_test_acc": auto["test"]["acc"],
             "auto_fit_seconds": auto["fit_seconds"],
-            "regret": picked - auto["test"]["acc"] if whole else None,
-            "regret_vs_best": best - auto["test"]["acc"] if whole else None,
-            # over a whole compare's fit times: only where every one of its strategies ran
-            "cost": auto["fit_seconds"] / sum(ok[s]["fit_seconds"] for s in ok) if whole else None,
+            "regret": picked - auto["test"]["acc"],
+            "regret_vs_best": best - auto["test"]["acc"],
+            # over the truth's fit times: a whole compare's where --truth is left at its default
+            "cost": auto["fit_seconds"] / sum(ok[s]["fit_seconds"] for s in ok),
             "x_winner": auto["fit_seconds"] / ok[pick]["fit_seconds"] if pick in ok else None,
             "reason": auto["auto"]["reason"],
         }

@@ -136,8 +136,9 @@ def unknown(run: Run, best: str | None) -> dict | None:
     reject, trainer, dm = float(run.cfg.report.get("unknown_reject", 0.0)), run.trainer, run.datamodule
     if not (reject > 0 and best and trainer.is_global_zero):
         return None
+    prepare = (lambda x: dm.batch_augment(x, train=False)) if dm.batch_augment is not None else None
     val = unknown_inputs.collect(
-        run.module, dm.evaluation_loader("val"), trainer.strategy.root_device, trainer.limit_val_batches
+        run.module, dm.evaluation_loader("val"), trainer.strategy.root_device, trainer.limit_val_batches, prepare
     )
     bank = unknown_inputs.training_bank(run.module, dm, run.cache, run.cfg.seed, trainer.limit_train_batches)
     found = unknown_inputs.fit(val[1], val[2], reject, str(run.cfg.report.get("unknown_score", "knn")), val[0], bank)

@@ -139,15 +139,18 @@ def describe(record: dict) -> str:
 
 
 @torch.no_grad()
-def collect(module, loader, device=None, limit: float | int = 1.0):
+def collect(module, loader, device=None, limit: float | int = 1.0, prepare=None):
     """(features, logits, labels) of a loader in loader order, the module in eval mode on `device`: the features the
-    head sees (a batch of cached features is its own), and the head's logits of them."""
+    head sees (a batch of cached features is its own), and the head's logits of them. `prepare`: what the data
+    module does to a batch on the device (data.augment_on=device: uint8 crops -> normalised floats)."""
     batches = limit if isinstance(limit, int) else math.ceil(float(limit) * len(loader))
     was_training = module.training
     module.eval().to(device or module.device)
     feats, logits, labels = [], [], []
     for x, y in itertools.islice(loader, batches):
         x = x.to(module.device)
+        if prepare is not None and x.ndim == 4:
+            x = prepare(x)
         f = x if x.ndim == 2 else module.backbone(x)
         feats.append(f.float().cpu())
         logits.append(module.head(f).float().cpu())
