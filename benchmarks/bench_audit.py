@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from tlexp.run.accel import machine_and_load as machine
 
 SETS = ("fmnist_1000", "digits", "textures")
 COMMON = ["report.enabled=false", "report.train_batch_preview=0", "trainer.enable_progress_bar=false"]
@@ -48,21 +49,6 @@ TARGET_RECALL, TARGET_RECOVERED = 0.8, 0.5
 
 
 # ---------------------------------------------------------------- the clean sets, as pre-split image folders
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0))
-    return f"{cpu_model()}, {cores} cores, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
 
 
 def folder_name(name: str) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from tlexp.auto import CONF, decide
+from tlexp.run.accel import cpu_model
 
 # The truth: what a one-seed `tlexp.compare` runs at its defaults (the user's alternative to trusting auto).
 TRUTH = list(OmegaConf.load(CONF / "compare.yaml").strategies)
@@ -58,13 +59,6 @@ def quick_cells(work: Path) -> dict[str, list[str]]:
         work.mkdir(parents=True, exist_ok=True)
         torch.save(timm.create_model("test_resnet.r160_in1k", num_classes=0).state_dict(), weights)
     return {"synthetic": ["dataset=synthetic", "model=test_resnet", f"model.weights={weights}", "epoch_scale=0.1"]}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return os.uname().machine
 
 
 def claimed_elsewhere(out: Path) -> bool:

@@ -31,7 +31,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from tlexp.run.accel import machine_and_load as machine
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARISON = ROOT / "docs" / "results" / "comparison.csv"
@@ -51,21 +52,6 @@ CELLS = {  # name -> (overrides of the starting set, overrides of the whole trai
 }
 TARGET_3X, TARGET_10X, TARGET_COVERAGE, TARGET_AHEAD = 1.5, 3.0, 0.8, 1.0
 DRAWS = 3  # random extensions of the starting set per larger size (the probe's realised accuracy is their mean)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0))
-    return f"{cpu_model()}, {cores} cores, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
 
 
 class Store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -145,3 +146,20 @@ def precision_ran(trainer) -> str:
     has no CPU kernels), with one warning in the log and nothing else to show for it.
     """
     return str(trainer.precision)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for benchmark tables: timings differ by CPU model."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_and_load() -> str:
+    """`<CPU model>, <n> cores, load <1, 5, 15 min>`: printed beside a benchmark's figures."""
+    cores = len(os.sched_getaffinity(0))
+    return f"{cpu_model()}, {cores} cores, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
